@@ -1,0 +1,98 @@
+"""Base models: load from a Hugging Face directory, a GGUF file, or a named default."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_model
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from .architectures import ArchitectureSpec, architecture_for
+from .default_models import is_named_model, pull_named_model
+from .errors import UnsupportedModelError
+
+
+@dataclass
+class BaseModel:
+    """A causal LM plus what the rest of the toolchain needs to know about it."""
+
+    model: PreTrainedModel  # *ForCausalLM, eval mode
+    tokenizer: object | None  # a transformers tokenizer, None for random test models
+    architecture: ArchitectureSpec
+    name: str  # identity recorded in manifests (path or named model)
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def decoder(self) -> torch.nn.Module:
+        """The transformer stack without the LM head (``model.model``)."""
+        return self.model.model
+
+    @property
+    def embed_tokens(self) -> torch.nn.Embedding:
+        return self.model.get_input_embeddings()
+
+    @property
+    def lm_head(self) -> torch.nn.Linear:
+        return self.model.get_output_embeddings()
+
+    @property
+    def max_seq_len(self) -> int:
+        return int(self.config.max_position_embeddings)
+
+    def save(self, out_dir: Path) -> None:
+        """Save as a plain safetensors Hugging Face directory (works for GGUF-loaded models too)."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_model(self.model, str(out_dir / "model.safetensors"))  # shared (tied) tensors stored once
+        self.config.save_pretrained(out_dir)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(out_dir)
+
+
+def wrap_model(model: PreTrainedModel, tokenizer=None, name: str = "in-memory") -> BaseModel:
+    """Check the architecture is supported and wrap an already built model."""
+    architecture = architecture_for(model.config.model_type)
+    model.eval()
+    return BaseModel(model=model, tokenizer=tokenizer, architecture=architecture, name=name)
+
+
+def load_base_model(source: str | Path, dtype: torch.dtype = torch.float32) -> BaseModel:
+    """Load a base model from a named default, a Hugging Face directory, or a ``.gguf`` file."""
+    source_text = str(source)
+    if is_named_model(source_text):
+        return _load_hf_dir(pull_named_model(source_text), dtype, name=source_text)
+    path = Path(source).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return load_gguf(path, dtype)
+    if path.is_dir() and (path / "config.json").is_file():
+        return _load_hf_dir(path, dtype, name=str(path))
+    if path.is_dir():
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return load_gguf(ggufs[0], dtype)
+    raise UnsupportedModelError(
+        f"cannot load a base model from {source_text!r}: expected a Hugging Face directory with "
+        "config.json and safetensors weights, a .gguf file, or the named model "
+        "'smollm2-135m-instruct'"
+    )
+
+
+def _load_hf_dir(path: Path, dtype: torch.dtype, name: str) -> BaseModel:
+    config = AutoConfig.from_pretrained(path)
+    architecture_for(config.model_type)  # fail before loading weights
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    has_tokenizer = any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+    tokenizer = AutoTokenizer.from_pretrained(path) if has_tokenizer else None
+    return wrap_model(model, tokenizer, name=name)
+
+
+def load_gguf(path: Path, dtype: torch.dtype = torch.float32) -> BaseModel:
+    """Load a GGUF file; transformers de-quantizes the weights to ``dtype``."""
+    kwargs = {"gguf_file": path.name}
+    model = AutoModelForCausalLM.from_pretrained(path.parent, dtype=dtype, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, **kwargs)
+    return wrap_model(model, tokenizer, name=str(path))

@@ -1,0 +1,1 @@
+"""The PyTorch reference decoder the engines are checked against."""

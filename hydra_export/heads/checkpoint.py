@@ -1,0 +1,99 @@
+"""Native heads checkpoints (``heads.safetensors`` + ``heads_config.json``) and strict loading.
+
+Every tensor of the module must come from the checkpoint and every tensor of the
+checkpoint must land in the module; otherwise the load fails listing the leftovers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import HeadsCheckpointError
+from .config import HeadsConfig
+from .draft_heads import DraftHeads
+from .registry import build_heads
+
+WEIGHTS_FILE = "heads.safetensors"
+CONFIG_FILE = "heads_config.json"
+
+
+def unique_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters and persistent buffers by name, each shared tensor once (first name wins)."""
+    tensors = dict(module.named_parameters())
+    seen = {id(t) for t in tensors.values()}
+    for name, buffer in module.state_dict(keep_vars=True).items():
+        if name not in tensors and id(buffer) not in seen and not isinstance(buffer, torch.nn.Parameter):
+            tensors[name] = buffer
+            seen.add(id(buffer))
+    return tensors
+
+
+def load_tensors_strict(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Copy ``tensors`` into ``module``; fail listing every missing, unexpected or mis-shaped tensor."""
+    expected = unique_tensors(module)
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    mismatched = [
+        f"{name}: checkpoint {tuple(tensors[name].shape)} vs model {tuple(expected[name].shape)}"
+        for name in sorted(set(expected) & set(tensors))
+        if tuple(tensors[name].shape) != tuple(expected[name].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing tensors: {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"tensors nothing maps to: {', '.join(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches: {'; '.join(mismatched)}")
+    if problems:
+        raise HeadsCheckpointError(
+            f"cannot load heads from {source}: " + " | ".join(problems)
+            + ". Check that the checkpoint matches its config and was trained for this base model"
+        )
+    with torch.no_grad():
+        for name, target in expected.items():
+            target.copy_(tensors[name].to(target.dtype))
+
+
+def save_heads(heads: DraftHeads, out_dir: Path, dtype: torch.dtype | None = None) -> None:
+    """Write heads atomically: files are staged beside ``out_dir`` and renamed when complete."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
+    tensors = {
+        name: (t.detach().to(dtype) if dtype is not None and t.is_floating_point() else t.detach()).contiguous()
+        for name, t in unique_tensors(heads).items()
+    }
+    save_file(tensors, str(staging / WEIGHTS_FILE))
+    (staging / CONFIG_FILE).write_text(json.dumps(heads.config.to_dict(), indent=2) + "\n")
+    if out_dir.exists():
+        for child in out_dir.iterdir():
+            child.unlink()
+        out_dir.rmdir()
+    os.replace(staging, out_dir)
+
+
+def read_heads_config(heads_dir: Path) -> HeadsConfig:
+    path = Path(heads_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise HeadsCheckpointError(
+            f"{path} not found: a heads directory holds {CONFIG_FILE} and {WEIGHTS_FILE} "
+            "(or a reference checkpoint: hydra_lm_head.pt / medusa_lm_head.pt with config.json)"
+        )
+    return HeadsConfig.from_dict(json.loads(path.read_text()))
+
+
+def load_native_heads(heads_dir: Path, base_config) -> DraftHeads:
+    heads_dir = Path(heads_dir)
+    heads = build_heads(read_heads_config(heads_dir), base_config)
+    weights = heads_dir / WEIGHTS_FILE
+    if not weights.is_file():
+        raise HeadsCheckpointError(f"{weights} not found next to {CONFIG_FILE}")
+    load_tensors_strict(heads, load_file(str(weights)), str(weights))
+    return heads

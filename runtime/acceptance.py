@@ -1,0 +1,44 @@
+"""Choosing the accepted path of a verified tree (numpy; shared by the runtime and the reference)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def longest_accepted_path(retrieve_paths: np.ndarray, node_ok: np.ndarray) -> np.ndarray:
+    """The longest root-to-leaf prefix whose every node was accepted.
+
+    retrieve_paths: [P, D+1] node indices, root first, padded with -1.
+    node_ok: [n] bool, node i is accepted given its parent (the root's entry is ignored).
+        Nodes >= n are treated as absent, so a truncated tree (first n nodes) works as is.
+    Returns the accepted node indices, root first: [m+1].
+    """
+    n = node_ok.shape[0]
+    children = retrieve_paths[:, 1:]  # [P, D]
+    present = (children >= 0) & (children < n)
+    ok = present & node_ok[np.clip(children, 0, n - 1)]
+    lengths = np.cumprod(ok, axis=1).sum(axis=1)  # [P] accepted drafts along each path
+    best = int(np.argmax(lengths))  # first longest path
+    return retrieve_paths[best, : lengths[best] + 1].copy()
+
+
+def greedy_node_ok(tokens: np.ndarray, predictions: np.ndarray, parents: np.ndarray) -> np.ndarray:
+    """tokens, predictions, parents: [n]. A node is accepted when it is its parent's argmax."""
+    ok = tokens == predictions[np.maximum(parents, 0)]
+    ok[0] = True
+    return ok
+
+
+def typical_thresholds(probs: np.ndarray, posterior_threshold: float, posterior_alpha: float) -> np.ndarray:
+    """Typical acceptance (Medusa): min(epsilon, alpha * exp(-entropy)) per node. probs: [n, V] -> [n]."""
+    entropy = -(probs * np.log(probs + 1e-10)).sum(axis=-1)
+    return np.minimum(posterior_threshold, posterior_alpha * np.exp(-entropy))
+
+
+def typical_node_ok(
+    tokens: np.ndarray, candidate_probs: np.ndarray, thresholds: np.ndarray, parents: np.ndarray
+) -> np.ndarray:
+    """candidate_probs[i]: probability the base model gives token i after node i's parent. [n] -> [n] bool."""
+    ok = candidate_probs > thresholds[np.maximum(parents, 0)]
+    ok[0] = True
+    return ok
