@@ -1,0 +1,22 @@
+"""What the decode loop needs from an engine: named numpy arrays in, named numpy arrays out."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+
+class Engine(Protocol):
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+def past_key_name(layer: int, part: str) -> str:
+    return f"past_key_values.{layer}.{part}"
+
+
+def present_name(layer: int, part: str) -> str:
+    return f"present.{layer}.{part}"
