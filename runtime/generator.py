@@ -1,0 +1,108 @@
+"""The runtime's front door: load an artifact directory and generate from it (no torch)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .chat_tokenizer import ChatTokenizer
+from .decode_loop import DecodeStats, StopRule, decode
+from .errors import GenerationInputError
+from .kv_buffers import KVBuffers
+from .manifest import Manifest
+from .onnx_engine import OnnxEngine
+from .text_stream import TextStream
+
+MODES = ("hydra", "autoregressive")
+
+
+@dataclass
+class GenerationOutput:
+    text: str
+    token_ids: list[int]
+    stats: DecodeStats
+
+
+class Generator:
+    def __init__(self, manifest: Manifest, tokenizer: ChatTokenizer, engines: dict, kv: KVBuffers):
+        self.manifest = manifest
+        self.tokenizer = tokenizer
+        self.engines = engines  # "prefill" | "step" | "decode" -> Engine
+        self.kv = kv
+        self.tree_size = len(manifest.tree_choices) + 1
+
+    @classmethod
+    def load(
+        cls, artifact_dir: str | Path, provider: str = "cpu", threads: int | None = None, verify_checksums: bool = True
+    ) -> Generator:
+        artifact_dir = Path(artifact_dir)
+        manifest = Manifest.read(artifact_dir, verify_checksums=verify_checksums)
+        engines = {
+            name: OnnxEngine(artifact_dir / entry.file, provider=provider, threads=threads)
+            for name, entry in manifest.graphs.items()
+        }
+        kv_spec = manifest.kv
+        kv = KVBuffers(
+            kv_spec["num_layers"], manifest.max_seq_len, kv_spec["kv_heads"], kv_spec["head_dim"], np.dtype(kv_spec["dtype"])
+        )
+        return cls(manifest, ChatTokenizer.from_dir(artifact_dir), engines, kv)
+
+    def encode(self, prompt_or_messages) -> list[int]:
+        return self.tokenizer.encode_prompt(prompt_or_messages)
+
+    def generate_ids(self, prompt_ids: list[int], max_new_tokens: int = 256, mode: str = "hydra",
+                     temperature: float = 0.0, on_tokens=lambda tokens: None) -> tuple[list[int], DecodeStats]:
+        if mode not in MODES:
+            raise GenerationInputError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        if temperature != 0.0:
+            raise GenerationInputError(
+                "this artifact's engines decode greedily (temperature=0); sampling is not built into "
+                "the ONNX graphs yet. Use temperature=0, or the PyTorch reference decoder for sampling"
+            )
+        if max_new_tokens < 1:
+            raise GenerationInputError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        limit = self.manifest.max_seq_len
+        if not prompt_ids or len(prompt_ids) >= limit:
+            raise GenerationInputError(
+                f"the prompt has {len(prompt_ids)} tokens; this artifact accepts 1 to {limit - 1} "
+                f"(its maximum sequence length is {limit}). Shorten the prompt or rebuild with a larger --max-seq-len"
+            )
+        stop = StopRule(max_new_tokens, frozenset(self.manifest.eos_token_ids), limit, len(prompt_ids))
+        step = self.engines["step"] if mode == "hydra" else None
+        return decode(
+            self.engines["prefill"], step, self.engines["decode"], self.kv, prompt_ids, stop, self.tree_size, on_tokens
+        )
+
+    def generate(self, prompt_or_messages, max_new_tokens: int = 256, mode: str = "hydra",
+                 temperature: float = 0.0) -> GenerationOutput:
+        ids, stats = self.generate_ids(self.encode(prompt_or_messages), max_new_tokens, mode, temperature)
+        return GenerationOutput(self.tokenizer.decode(ids), ids, stats)
+
+    def stream(self, prompt_or_messages, max_new_tokens: int = 256, mode: str = "hydra",
+               temperature: float = 0.0) -> Iterator[str]:
+        """Yields text as tokens are accepted (generation runs on a background thread)."""
+        import queue
+        import threading
+
+        chunks: queue.Queue = queue.Queue()
+        text = TextStream(self.tokenizer.decode)
+        prompt_ids = self.encode(prompt_or_messages)
+        failure: list[BaseException] = []
+
+        def work():
+            try:
+                self.generate_ids(prompt_ids, max_new_tokens, mode, temperature, lambda ids: chunks.put(text.push(ids)))
+            except BaseException as error:  # handed to the consumer thread
+                failure.append(error)
+            finally:
+                chunks.put(None)
+
+        threading.Thread(target=work, daemon=True).start()
+        while (chunk := chunks.get()) is not None:
+            if chunk:
+                yield chunk
+        if failure:
+            raise failure[0]

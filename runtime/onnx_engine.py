@@ -1,0 +1,52 @@
+"""ONNX Runtime sessions behind the Engine interface."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ArtifactError, HydraExportError
+
+PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+def import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise HydraExportError(
+            "onnxruntime is not installed; install the CPU engine runtime with "
+            "`pip install 'hydra-export[cpu]'` (or `[gpu]` for onnxruntime-gpu)"
+        ) from None
+    return onnxruntime
+
+
+class OnnxEngine:
+    def __init__(self, path: Path, provider: str = "cpu", threads: int | None = None):
+        ort = import_onnxruntime()
+        if provider not in PROVIDERS:
+            raise HydraExportError(f"unknown provider {provider!r} for ONNX Runtime; choose one of {', '.join(PROVIDERS)}")
+        wanted = PROVIDERS[provider][0]
+        if wanted not in ort.get_available_providers():
+            raise HydraExportError(
+                f"ONNX Runtime here has no {wanted} (available: {', '.join(ort.get_available_providers())}); "
+                "install onnxruntime-gpu on a machine with an NVIDIA GPU, or use provider='cpu'"
+            )
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=PROVIDERS[provider])
+        except Exception as error:  # ORT raises its own exception types
+            raise ArtifactError(f"ONNX Runtime could not load {path}: {error}") from None
+        self.input_names = tuple(node.name for node in self.session.get_inputs())
+        self.output_names = tuple(node.name for node in self.session.get_outputs())
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = self.session.run(None, {name: feeds[name] for name in self.input_names})
+        return dict(zip(self.output_names, outputs))
