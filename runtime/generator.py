@@ -15,6 +15,7 @@ from .kv_buffers import KVBuffers
 from .manifest import Manifest
 from .onnx_engine import OnnxEngine
 from .text_stream import TextStream
+from .tree import TreeBuffers
 
 MODES = ("hydra", "autoregressive")
 
@@ -40,6 +41,7 @@ class Generator:
     ) -> Generator:
         artifact_dir = Path(artifact_dir)
         manifest = Manifest.read(artifact_dir, verify_checksums=verify_checksums)
+        TreeBuffers.from_choices(manifest.tree_choices)  # a malformed tree is refused here, named
         engines = {
             name: OnnxEngine(artifact_dir / entry.file, provider=provider, threads=threads)
             for name, entry in manifest.graphs.items()

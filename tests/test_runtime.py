@@ -1,0 +1,152 @@
+"""The ONNX artifact end to end: graphs vs PyTorch, runtime greedy output vs transformers."""
+
+import json
+import random
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from hydra_export.artifact_verifier import verify_artifact
+from hydra_export.base_model import load_base_model
+from hydra_runtime import ArtifactError, GenerationInputError, InvalidTreeError
+from hydra_runtime.generator import Generator
+
+
+def autoregressive(base, prompt, max_new_tokens):
+    """transformers greedy decoding, stopping at the model's EOS like the runtime does."""
+    out = base.model.generate(torch.tensor([prompt]), max_new_tokens=max_new_tokens, do_sample=False,
+                              eos_token_id=base.config.eos_token_id, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+def prompts(count, seed):
+    rng = random.Random(seed)
+    return [[rng.randrange(3, 128) for _ in range(rng.randrange(1, 30))] for _ in range(count)]
+
+
+CASES = [("llama", "medusa"), ("llama", "hydra"), ("llama", "hydra++"), ("qwen2", "hydra"), ("qwen2", "hydra++")]
+
+
+@pytest.mark.parametrize("model, kind", CASES)
+def test_graphs_match_pytorch_and_output_is_lossless(artifacts, model_dirs, model, kind):
+    artifact = artifacts(model, kind)
+    report = verify_artifact(artifact, model=str(model_dirs[model]))
+    assert report.comparisons and all(c.max_abs_error < 1e-4 for c in report.comparisons)
+    assert all(c.exact for c in report.comparisons if c.exact is not None)
+    assert report.lossless and report.passed
+
+    base = load_base_model(model_dirs[model])
+    generator = Generator.load(artifact)
+    for i, prompt in enumerate(prompts(4, seed=len(kind))):
+        expected = autoregressive(base, prompt, 10 + 12 * i)
+        for mode in ("hydra", "autoregressive"):
+            ids, stats = generator.generate_ids(prompt, 10 + 12 * i, mode=mode)
+            assert ids == expected, (mode, prompt)
+
+
+def test_fused_step_accepts_long_paths(artifacts, model_dirs):
+    # This tiny Llama falls into a loop that untrained-but-random Medusa heads predict,
+    # so the step graph accepts deep paths whose nodes are not contiguous (tree16: 0, 1, 5, 11, 15).
+    generator = Generator.load(artifacts("llama", "medusa"))
+    base = load_base_model(model_dirs["llama"])
+    prompt = [5, 9, 33, 7, 100]
+    ids, stats = generator.generate_ids(prompt, 60)
+    assert ids == autoregressive(base, prompt, 60)
+    assert max(stats.accepted_lengths) == 5 and stats.mean_accepted_length > 2.5
+
+
+def test_context_limit_falls_back_and_stops_cleanly(artifacts, model_dirs):
+    generator = Generator.load(artifacts("llama", "medusa", max_seq_len=40))
+    base = load_base_model(model_dirs["llama"])
+    prompt = [5, 9, 33, 7, 100, 17, 18]
+    ids, stats = generator.generate_ids(prompt, 500)
+    assert stats.stop_reason == "context" and len(prompt) + len(ids) == 40
+    assert ids == autoregressive(base, prompt, 40 - len(prompt))
+    with pytest.raises(GenerationInputError, match="accepts 1 to 39.*Shorten the prompt"):
+        generator.generate_ids(list(range(3, 43)), 5)
+
+
+def test_chat_prompt_matches_transformers_template(artifacts, model_dirs):
+    from transformers import AutoTokenizer
+
+    generator = Generator.load(artifacts("llama", "hydra"))
+    messages = [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Yo."},
+                {"role": "user", "content": "Sky?"}]
+    expected = AutoTokenizer.from_pretrained(model_dirs["llama"]).apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    assert generator.encode(messages) == list(expected)
+    out = generator.generate("Why?", max_new_tokens=12)
+    assert len(out.token_ids) == 12 and out.text == generator.tokenizer.decode(out.token_ids)
+    assert "".join(generator.stream("Why?", max_new_tokens=12)) == out.text
+
+
+def test_bad_generation_requests(artifacts):
+    generator = Generator.load(artifacts("llama", "hydra"))
+    with pytest.raises(GenerationInputError, match="temperature=0"):
+        generator.generate("x", temperature=0.7)
+    with pytest.raises(GenerationInputError, match="unknown mode 'fast'"):
+        generator.generate("x", mode="fast")
+    with pytest.raises(GenerationInputError, match="'role' and 'content'"):
+        generator.generate([{"text": "x"}])
+
+
+@pytest.fixture
+def broken_copy(artifacts, tmp_path):
+    target = tmp_path / "copy"
+    shutil.copytree(artifacts("llama", "hydra"), target)
+    return target
+
+
+def test_missing_file_is_named(broken_copy):
+    (broken_copy / "step.onnx").unlink()
+    with pytest.raises(ArtifactError, match=r"step\.onnx is missing; rebuild"):
+        Generator.load(broken_copy)
+
+
+def test_checksum_mismatch_is_named(broken_copy):
+    with open(broken_copy / "weights.bin", "r+b") as handle:
+        handle.seek(100)
+        handle.write(b"\x01\x02\x03")
+    with pytest.raises(ArtifactError, match=r"weights\.bin does not match its sha256"):
+        Generator.load(broken_copy)
+
+
+def test_unknown_format_version(broken_copy):
+    manifest = json.loads((broken_copy / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (broken_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="format version 99 but this runtime reads version 1"):
+        Generator.load(broken_copy)
+
+
+def test_malformed_tree_in_manifest(broken_copy):
+    manifest = json.loads((broken_copy / "manifest.json").read_text())
+    manifest["tree"]["choices"].append([7, 7])
+    (broken_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InvalidTreeError, match=r"\[7, 7\] has no parent"):
+        Generator.load(broken_copy)
+
+
+def test_not_an_artifact(tmp_path):
+    with pytest.raises(ArtifactError, match="manifest.json is missing.*hydra-export build"):
+        Generator.load(tmp_path)
+
+
+def test_runtime_never_imports_torch(artifacts):
+    artifact = artifacts("llama", "hydra++")
+    script = textwrap.dedent(f"""
+        import sys
+        for blocked in ("torch", "transformers"):
+            sys.modules[blocked] = None  # any import of them now fails
+        from hydra_runtime.generator import Generator
+        out = Generator.load({str(artifact)!r}).generate("Hello", max_new_tokens=8)
+        assert len(out.token_ids) == 8
+        print("ok", out.stats.steps)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok")
