@@ -1,0 +1,1 @@
+"""Training Medusa, Hydra and Hydra++ heads on a frozen base model."""

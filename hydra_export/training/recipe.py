@@ -1,0 +1,69 @@
+"""A training recipe: one JSON file under recipes/, read into a frozen dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import HydraExportError
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    kind: str  # medusa | hydra | hydra++
+    output_dir: str  # heads are written here (native format)
+    model: str = "smollm2-135m-instruct"
+    num_heads: int = 4
+    num_layers: int | None = None  # default per kind (Hydra++: 4)
+    # Data: Alpaca-style records; responses from the base model itself (self-distillation)
+    # or the records' own outputs (corpus).
+    data: str = "../shared/data/alpaca_5000.json"
+    num_examples: int = 1000
+    responses: str = "self-distill"  # "self-distill" | "corpus"
+    max_new_tokens: int = 128  # self-distillation response length
+    max_seq_len: int = 384
+    generation_batch_size: int = 16
+    # Optimisation.
+    loss: str = "distill"  # "distill": KL to the base model's next-token distribution; "ce": data tokens
+    vocab_subset: int = 0  # > 0: logits over the N most frequent target tokens only (cheap on CPUs)
+    epochs: int = 1
+    batch_size: int = 8  # sequences per step
+    learning_rate: float = 1e-3
+    warmup_fraction: float = 0.05
+    weight_decay: float = 0.0
+    dropout: float = 0.0
+    input_noise: float = 0.0  # std of Gaussian noise on the token embeddings the heads see
+    held_out_fraction: float = 0.05
+    eval_every: int = 200  # steps
+    checkpoint_every: int = 200
+    seed: int = 0
+    cache_dir: str = ""  # default: <output_dir>.cache
+
+    @classmethod
+    def from_file(cls, path: Path) -> TrainRecipe:
+        path = Path(path)
+        if not path.is_file():
+            raise HydraExportError(f"recipe {path} not found; see recipes/ for examples")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise HydraExportError(f"recipe {path} is not valid JSON: {error}") from None
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known - {"comment"})
+        if unknown:
+            raise HydraExportError(f"recipe {path} has unknown keys {unknown}; known keys: {sorted(known)}")
+        recipe = cls(**{key: value for key, value in data.items() if key in known})
+        recipe.validate()
+        return recipe
+
+    def validate(self) -> None:
+        if self.responses not in ("self-distill", "corpus"):
+            raise HydraExportError(f"responses must be 'self-distill' or 'corpus', got {self.responses!r}")
+        if self.loss not in ("distill", "ce"):
+            raise HydraExportError(f"loss must be 'distill' or 'ce', got {self.loss!r}")
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else Path(self.output_dir + ".cache")

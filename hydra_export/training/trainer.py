@@ -1,0 +1,194 @@
+"""`hydra-export train RECIPE`: frozen base model, trainable heads, resumable.
+
+Stages: self-distillation data (resumable) -> cached hidden states (fp16 memmap) ->
+optimisation with a cosine schedule, held-out per-head top-1/top-5 accuracy and a
+measured mean accepted length (reference decoder on held-out prompts) at each eval,
+checkpoints, and final fp16 heads in the native format.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hydra_runtime.tree import TreeBuffers
+
+from ..base_model import BaseModel, load_base_model
+from ..decoding.reference_decoder import ReferenceDecoder
+from ..heads import BaseProjections, DraftHeads, build_heads, heads_config_for
+from ..heads.checkpoint import load_native_heads, save_heads
+from .dataset import HiddenStateCache, build_sequences
+from .losses import HEAD_LOSS_DECAY, head_accuracy, head_inputs, head_logits, head_loss
+from .recipe import TrainRecipe
+
+PROBE_TREE = "tree16"
+PROBE_PROMPTS = 6
+PROBE_NEW_TOKENS = 48
+LOG_FILE = "training_log.json"
+
+
+def frequent_vocab(cache: HiddenStateCache, size: int, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``size`` most frequent tokens of the training data, and a map token -> subset index (-1 if absent)."""
+    counts = np.bincount(cache.tokens, minlength=vocab_size)
+    vocab = torch.from_numpy(np.argsort(-counts, kind="stable")[:size].copy())
+    index = torch.full((vocab_size,), -1, dtype=torch.long)
+    index[vocab] = torch.arange(len(vocab))
+    return vocab, index
+
+
+def cosine_with_warmup(total_steps: int, warmup_fraction: float):
+    warmup = max(1, int(total_steps * warmup_fraction))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+class Trainer:
+    def __init__(self, recipe: TrainRecipe, base: BaseModel | None = None, progress=None):
+        self.recipe = recipe
+        self.progress = progress  # callable(stage, completed, total) or None
+        torch.manual_seed(recipe.seed)
+        self.base = base or load_base_model(recipe.model)
+        for parameter in self.base.model.parameters():
+            parameter.requires_grad_(False)
+        self.projections = BaseProjections(self.base.embed_tokens, self.base.lm_head)
+        config = heads_config_for(recipe.kind, self.base.config, num_heads=recipe.num_heads,
+                                  num_layers=recipe.num_layers, base_model=recipe.model, dropout=recipe.dropout)
+        self.heads: DraftHeads = build_heads(config, self.base.config)
+        self.cache_dir = recipe.cache_path
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoint_dir = Path(recipe.output_dir + ".checkpoint")
+        self.log: list[dict] = []
+
+    def _report(self, stage: str, completed: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(stage, completed, total)
+
+    def prepare_data(self) -> tuple[HiddenStateCache, list[int], list[int], list[dict]]:
+        total = self.recipe.num_examples
+        done = [0]
+
+        def advance_sequences(n):
+            done[0] += n
+            self._report(f"{self.recipe.responses} responses", done[0], total)
+
+        sequences = build_sequences(self.base, self.recipe, self.cache_dir, advance_sequences)
+        done[0] = 0
+
+        def advance_hidden(n):
+            done[0] += n
+            self._report("cache base hidden states", done[0], len(sequences))
+
+        cache = HiddenStateCache.build(self.base, sequences, self.cache_dir, advance_hidden)
+        order = np.random.default_rng(self.recipe.seed).permutation(len(cache)).tolist()
+        held_out = max(1, int(len(order) * self.recipe.held_out_fraction))
+        return cache, order[held_out:], order[:held_out], sequences
+
+    def batch_loss(self, cache: HiddenStateCache, indices: list[int], vocab, vocab_index) -> tuple[torch.Tensor, int]:
+        hidden, tokens, lengths, prompt_lengths = cache.batch(indices)
+        context = self.heads.context(hidden, torch.arange(hidden.shape[1])[None], None)
+        total, rows = torch.zeros(()), 0
+        for k in range(self.heads.config.num_heads):
+            inputs = head_inputs(k, context, hidden, tokens, lengths, prompt_lengths)
+            if inputs.context.shape[0] == 0:
+                continue
+            student = head_logits(self.heads, k, inputs, self.projections, vocab, self.recipe.input_noise)
+            loss = head_loss(student, inputs, self.projections, vocab, vocab_index, self.recipe.loss)
+            total = total + HEAD_LOSS_DECAY**k * loss
+            rows = max(rows, inputs.context.shape[0])
+        return total, rows
+
+    @torch.no_grad()
+    def evaluate(self, cache: HiddenStateCache, held_out: list[int], sequences: list[dict]) -> dict:
+        self.heads.eval()
+        num_heads = self.heads.config.num_heads
+        hits = np.zeros((num_heads, 3), dtype=np.int64)
+        for start in range(0, len(held_out), self.recipe.batch_size):
+            hidden, tokens, lengths, prompt_lengths = cache.batch(held_out[start : start + self.recipe.batch_size])
+            context = self.heads.context(hidden, torch.arange(hidden.shape[1])[None], None)
+            for k in range(num_heads):
+                hits[k] += head_accuracy(self.heads, k, head_inputs(k, context, hidden, tokens, lengths, prompt_lengths),
+                                         self.projections)
+        top1 = (hits[:, 0] / np.maximum(hits[:, 2], 1)).round(4).tolist()
+        top5 = (hits[:, 1] / np.maximum(hits[:, 2], 1)).round(4).tolist()
+        decoder = ReferenceDecoder(self.base, self.heads, TreeBuffers.from_name(PROBE_TREE, num_heads=num_heads))
+        eos = (self.base.tokenizer.eos_token_id,)
+        accepted = []
+        for i in held_out[:PROBE_PROMPTS]:
+            result = decoder.generate(sequences[i]["prompt_ids"], PROBE_NEW_TOKENS, eos_token_ids=eos)
+            accepted += result.accepted_lengths
+        self.heads.train()
+        return {"top1": top1, "top5": top5, f"mean_accepted_length_{PROBE_TREE}": round(float(np.mean(accepted)), 4)}
+
+    def train(self, resume: bool = True) -> dict:
+        recipe = self.recipe
+        cache, train_ids, held_out, sequences = self.prepare_data()
+        vocab = vocab_index = None
+        if recipe.vocab_subset > 0:
+            vocab, vocab_index = frequent_vocab(cache, recipe.vocab_subset, self.base.config.vocab_size)
+        parameters = [p for p in self.heads.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(parameters, lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
+        steps_per_epoch = math.ceil(len(train_ids) / recipe.batch_size)
+        total_steps = steps_per_epoch * recipe.epochs
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total_steps, recipe.warmup_fraction))
+        step, tokens_seen = 0, 0
+        if resume and (self.checkpoint_dir / "state.pt").is_file():
+            step, tokens_seen = self._load_checkpoint(optimizer, scheduler)
+        self.heads.train()
+        rng = np.random.default_rng(recipe.seed)
+        epoch_orders = [rng.permutation(train_ids).tolist() for _ in range(recipe.epochs)]
+        started = time.perf_counter()
+        if step == 0:
+            self.log.append({"step": 0, "tokens": 0, **self.evaluate(cache, held_out, sequences)})
+        while step < total_steps:
+            epoch, position = divmod(step, steps_per_epoch)
+            batch = epoch_orders[epoch][position * recipe.batch_size : (position + 1) * recipe.batch_size]
+            loss, rows = self.batch_loss(cache, batch, vocab, vocab_index)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            tokens_seen += rows
+            self._report(f"train {recipe.kind} (loss {loss.item():.3f})", step, total_steps)
+            if step % recipe.eval_every == 0 or step == total_steps:
+                entry = {"step": step, "tokens": tokens_seen, "loss": round(loss.item(), 4),
+                         **self.evaluate(cache, held_out, sequences)}
+                self.log.append(entry)
+            if step % recipe.checkpoint_every == 0 and step < total_steps:
+                self._save_checkpoint(optimizer, scheduler, step, tokens_seen)
+        seconds = time.perf_counter() - started
+        save_heads(self.heads, Path(recipe.output_dir), dtype=torch.float16)
+        summary = {"recipe": asdict(recipe), "train_seconds": round(seconds, 1), "steps": step,
+                   "train_sequences": len(train_ids), "held_out_sequences": len(held_out), "log": self.log}
+        (Path(recipe.output_dir) / LOG_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def _save_checkpoint(self, optimizer, scheduler, step: int, tokens_seen: int) -> None:
+        save_heads(self.heads, self.checkpoint_dir / "heads")
+        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                 "tokens": tokens_seen, "log": self.log, "torch_rng": torch.get_rng_state()}
+        torch.save(state, self.checkpoint_dir / "state.partial")
+        (self.checkpoint_dir / "state.partial").replace(self.checkpoint_dir / "state.pt")
+
+    def _load_checkpoint(self, optimizer, scheduler) -> tuple[int, int]:
+        loaded = load_native_heads(self.checkpoint_dir / "heads", self.base.config)
+        self.heads.load_state_dict(loaded.state_dict())
+        state = torch.load(self.checkpoint_dir / "state.pt", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.log = state["log"]
+        return state["step"], state["tokens"]

@@ -1,0 +1,82 @@
+"""The trainer on a tiny model: a few steps on a handful of records."""
+
+import json
+
+import pytest
+
+from conftest import SHARED_DATA
+from hydra_export.heads.reference_formats import load_heads
+from hydra_export.training.recipe import TrainRecipe
+from hydra_export.training.trainer import Trainer, cosine_with_warmup
+from hydra_runtime import HydraExportError
+
+
+@pytest.fixture(scope="module")
+def tiny_base():
+    from tiny_models import tiny_llama
+    from tiny_tokenizer import tiny_tokenizer
+
+    base = tiny_llama()
+    base.tokenizer = tiny_tokenizer()
+    return base
+
+
+def recipe_for(tmp_path, kind, **overrides):
+    settings = dict(kind=kind, output_dir=str(tmp_path / f"{kind}-heads"), data=str(SHARED_DATA / "alpaca_5000.json"),
+                    num_examples=12, max_new_tokens=24, max_seq_len=160, generation_batch_size=6, batch_size=4,
+                    epochs=10, learning_rate=1e-2, eval_every=10, checkpoint_every=10, held_out_fraction=0.2)
+    settings.update(overrides)
+    return TrainRecipe(**settings)
+
+
+@pytest.mark.parametrize("kind, loss", [("medusa", "ce"), ("hydra", "distill"), ("hydra++", "distill")])
+def test_training_lowers_loss_and_writes_loadable_heads(tmp_path, tiny_base, kind, loss):
+    recipe = recipe_for(tmp_path, kind, loss=loss, vocab_subset=64 if kind == "hydra" else 0, input_noise=0.01)
+    trainer = Trainer(recipe, base=tiny_base)
+    cache, train_ids, _, _ = trainer.prepare_data()
+    vocab = None
+    first, _ = trainer.batch_loss(cache, train_ids[:4], vocab, None)
+    summary = trainer.train()
+    last, _ = trainer.batch_loss(cache, train_ids[:4], vocab, None)
+    assert last.item() < 0.8 * first.item()
+    log = summary["log"]
+    assert log[0]["step"] == 0 and log[-1]["step"] == summary["steps"] and len(log[-1]["top1"]) == 4
+    assert log[-1]["tokens"] > 0 and log[-1]["mean_accepted_length_tree16"] >= 1.0
+    heads = load_heads(recipe.output_dir, tiny_base.config)
+    assert heads.kind == kind
+    saved = json.loads((tmp_path / f"{kind}-heads" / "training_log.json").read_text())
+    assert saved["steps"] == summary["steps"]
+
+
+def test_self_distillation_and_resume(tmp_path, tiny_base):
+    recipe = recipe_for(tmp_path, "hydra", epochs=2)
+    first = Trainer(recipe, base=tiny_base)
+    cache, _, _, sequences = first.prepare_data()
+    # Responses are the base model's own greedy continuations.
+    sample = sequences[0]
+    expected = tiny_base.model.generate(
+        __import__("torch").tensor([sample["prompt_ids"]]), max_new_tokens=24, do_sample=False,
+        eos_token_id=2, pad_token_id=2)[0, len(sample["prompt_ids"]):].tolist()
+    assert sample["response_ids"] == expected[: len(sample["response_ids"])]
+    lines = (recipe.cache_path / "sequences-self-distill.jsonl").read_text().splitlines()
+    assert len(lines) == 12
+    first.train()
+    # A second run finds the checkpointed step and the cached data and finishes at once.
+    second = Trainer(recipe, base=tiny_base)
+    summary = second.train()
+    assert summary["steps"] == first.train(resume=True)["steps"]
+
+
+def test_recipe_errors(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"kind": "hydra", "output_dir": "x", "lerning_rate": 1}))
+    with pytest.raises(HydraExportError, match=r"unknown keys \['lerning_rate'\]"):
+        TrainRecipe.from_file(path)
+    with pytest.raises(HydraExportError, match="not found"):
+        TrainRecipe.from_file(tmp_path / "missing.json")
+
+
+def test_schedule_warms_up_then_decays():
+    factor = cosine_with_warmup(100, 0.1)
+    assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
+    assert factor(55) == pytest.approx(0.5, abs=0.05) and factor(99) < 0.01
