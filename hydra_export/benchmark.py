@@ -99,8 +99,10 @@ def run_benchmark(
     max_new_tokens: int,
     transformers: TransformersBaseline | None = None,
     advance=lambda: None,
+    modes: tuple[str, ...] = ("hydra", "autoregressive"),
 ) -> dict:
-    totals = {"hydra": ModeTotals(), "autoregressive": ModeTotals()}
+    """Per prompt, each of ``modes`` on the same engines (alternating which goes first)."""
+    totals = {mode: ModeTotals() for mode in modes}
     if transformers is not None:
         totals["transformers"] = ModeTotals()
     samples = []
@@ -111,7 +113,7 @@ def run_benchmark(
             messages.append({"role": "user", "content": text})
             prompt_ids = generator.encode(messages)
             # Alternate which mode runs first so neither always gets the warmer caches.
-            order = ["hydra", "autoregressive"] if index % 2 == 0 else ["autoregressive", "hydra"]
+            order = list(modes) if index % 2 == 0 else list(reversed(modes))
             results = {}
             for mode in order:
                 ids, stats = generator.generate_ids(prompt_ids, max_new_tokens, mode=mode)
@@ -122,8 +124,9 @@ def run_benchmark(
                 "question_id": conversation.question_id,
                 "turn": turn,
                 "prompt_tokens": len(prompt_ids),
-                "identical": results["hydra"][0] == results["autoregressive"][0],
             }
+            if len(results) == 2:
+                sample["identical"] = results["hydra"][0] == results["autoregressive"][0]
             for mode, (ids, stats) in results.items():
                 sample[mode] = stats.as_dict()
             if transformers is not None:
@@ -131,18 +134,17 @@ def run_benchmark(
                 totals["transformers"].add(len(ids), seconds)
                 sample["transformers"] = {"new_tokens": len(ids), "seconds": round(seconds, 4),
                                           "tokens_per_second": round(len(ids) / seconds, 3)}
-                sample["identical_to_transformers"] = ids == results["autoregressive"][0]
+                sample["identical_to_transformers"] = ids == results[modes[-1]][0]
             samples.append(sample)
-            messages.append({"role": "assistant", "content": generator.tokenizer.decode(results["hydra"][0])})
+            messages.append({"role": "assistant", "content": generator.tokenizer.decode(results[modes[0]][0])})
         advance()
     summary = {mode: t.summary() for mode, t in totals.items()}
-    ar_rate = summary["autoregressive"]["tokens_per_second"]
-    summary["speedup_hydra_over_autoregressive"] = round(summary["hydra"]["tokens_per_second"] / ar_rate, 3) if ar_rate else 0.0
-    if transformers is not None:
-        hf_rate = summary["transformers"]["tokens_per_second"]
-        summary["autoregressive_over_transformers"] = round(ar_rate / hf_rate, 3) if hf_rate else 0.0
-        summary["hydra_over_transformers"] = round(summary["hydra"]["tokens_per_second"] / hf_rate, 3) if hf_rate else 0.0
-    summary["lossless"] = all(sample["identical"] for sample in samples)
+    rate = {mode: values["tokens_per_second"] for mode, values in summary.items()}
+    for faster, slower in (("hydra", "autoregressive"), ("autoregressive", "transformers"), ("hydra", "transformers")):
+        if faster in rate and rate.get(slower):
+            summary[f"{faster}_over_{slower}"] = round(rate[faster] / rate[slower], 3)
+    if len(modes) == 2:
+        summary["lossless"] = all(sample["identical"] for sample in samples)
     summary["samples"] = len(samples)
     return {"summary": summary, "samples": samples}
 
@@ -164,15 +166,15 @@ def plot_benchmark(report: dict, out_path: Path) -> None:
     left.set_ylabel("tokens / s")
     left.set_title("Decoding speed per prompt")
     left.legend()
-    accepted = [s["hydra"]["mean_accepted_length"] for s in samples]
+    accepted = [s["hydra"]["mean_accepted_length"] for s in samples if "hydra" in s]
     right.hist(accepted, bins=20, color="tab:green")
     right.set_xlabel("mean accepted length (tokens per step)")
     right.set_ylabel("prompts")
     summary = report["summary"]
-    right.set_title(
-        f"Hydra: {summary['hydra'].get('mean_accepted_length', 0):.2f} tokens/step, "
-        f"{summary['speedup_hydra_over_autoregressive']:.2f}x over autoregressive"
-    )
+    title = f"Hydra: {summary['hydra'].get('mean_accepted_length', 0):.2f} tokens/step"
+    if "hydra_over_autoregressive" in summary:
+        title += f", {summary['hydra_over_autoregressive']:.2f}x over autoregressive"
+    right.set_title(title)
     figure.tight_layout()
     figure.savefig(out_path, dpi=110)
     plt.close(figure)

@@ -245,6 +245,8 @@ def bench(
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG plot here.")] = None,
     transformers_baseline: Annotated[bool, typer.Option(
         "--transformers-baseline", help="Also time transformers `generate` on the same prompts.")] = False,
+    modes: Annotated[str, typer.Option(help="Comma-separated: hydra,autoregressive (both: speed and "
+                                       "losslessness; hydra alone: acceptance only).")] = "hydra,autoregressive",
     threads: Threads = None,
 ):
     """Hydra vs autoregressive decoding on the same engines, interleaved per prompt; prints JSON."""
@@ -252,13 +254,16 @@ def bench(
 
     from .benchmark import TransformersBaseline, plot_benchmark, read_prompts, run_benchmark
 
+    mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
+    if not mode_list or set(mode_list) - {"hydra", "autoregressive"} or "hydra" not in mode_list:
+        raise HydraExportError(f"--modes must be 'hydra' or 'hydra,autoregressive', got {modes!r}")
     conversations = read_prompts(prompts, limit, turns)
     generator = Generator.load(artifact, threads=threads)
     baseline = TransformersBaseline(generator.manifest.data["base_model"]["name"]) if transformers_baseline else None
     with stage_progress() as progress:
         task = progress.add_task("benchmark", total=len(conversations))
         report = run_benchmark(generator, conversations, max_new_tokens, baseline,
-                               advance=lambda: progress.update(task, advance=1))
+                               advance=lambda: progress.update(task, advance=1), modes=mode_list)
     report["config"] = {"artifact": str(artifact), "prompts": str(prompts), "limit": limit, "turns": turns,
                         "max_new_tokens": max_new_tokens, "threads": threads,
                         "tree": generator.manifest.data["tree"]["name"],

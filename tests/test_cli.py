@@ -46,8 +46,14 @@ def test_build_then_inspect_generate_verify_bench(tmp_path, model_dirs, artifact
     assert result.exit_code == 0, result.output
     report = json.loads(report_path.read_text())
     assert report["summary"]["samples"] == 4 and report["summary"]["lossless"] is True
-    assert {"hydra", "autoregressive", "speedup_hydra_over_autoregressive"} <= set(report["summary"])
+    assert {"hydra", "autoregressive", "hydra_over_autoregressive"} <= set(report["summary"])
     assert plot_path.stat().st_size > 10_000
+
+    result = invoke("bench", out, "--prompts", prompts, "--limit", 1, "-n", 8, "--modes", "hydra")
+    assert result.exit_code == 0, result.output
+    assert "autoregressive" not in json.loads(result.stdout) and "lossless" not in json.loads(result.stdout)
+    result = invoke("bench", out, "--prompts", prompts, "--modes", "fast")
+    assert result.exit_code == 1 and "--modes must be" in result.output
 
     result = invoke("build", "-m", model_dirs["llama"], "--heads", heads_dir, "-o", out)
     assert result.exit_code == 1 and "already exists; pass --force" in result.output

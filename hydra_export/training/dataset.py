@@ -35,11 +35,20 @@ def encode_prompt(base: BaseModel, record: dict) -> list[int]:
     return list(encoded)
 
 
-@torch.no_grad()
 def build_sequences(base: BaseModel, recipe: TrainRecipe, cache: Path, advance=lambda n: None) -> list[dict]:
-    """[{"prompt_ids", "response_ids"}] for the recipe's records; self-distillation is resumable."""
-    records = read_records(Path(recipe.data), recipe.num_examples)
-    out_file = cache / f"sequences-{recipe.responses}.jsonl"
+    """The recipe's sequences: ``num_examples`` records with ``responses``, then
+    ``corpus_examples`` more records with their corpus outputs."""
+    records = read_records(Path(recipe.data), recipe.num_examples + recipe.corpus_examples)
+    first = _sequences_for(base, recipe, records[: recipe.num_examples], recipe.responses, cache, advance)
+    extra = records[recipe.num_examples :]
+    return first + (_sequences_for(base, recipe, extra, "corpus", cache, advance, name="extra-corpus") if extra else [])
+
+
+@torch.no_grad()
+def _sequences_for(base: BaseModel, recipe: TrainRecipe, records: list[dict], responses: str, cache: Path,
+                   advance, name: str = "") -> list[dict]:
+    """[{"prompt_ids", "response_ids"}] per record, appended to a jsonl file as made (resumable)."""
+    out_file = cache / f"sequences-{name or responses}.jsonl"
     done: dict[int, dict] = {}
     if out_file.is_file():
         for line in out_file.read_text().splitlines():
@@ -53,11 +62,11 @@ def build_sequences(base: BaseModel, recipe: TrainRecipe, cache: Path, advance=l
         for start in range(0, len(todo), recipe.generation_batch_size):
             batch = todo[start : start + recipe.generation_batch_size]
             prompts = [encode_prompt(base, records[i])[: recipe.max_seq_len // 2] for i in batch]
-            if recipe.responses == "corpus":
-                responses = [tokenizer.encode(records[i]["output"], add_special_tokens=False) + [eos] for i in batch]
+            if responses == "corpus":
+                outputs = [tokenizer.encode(records[i]["output"], add_special_tokens=False) + [eos] for i in batch]
             else:
-                responses = _generate(base, prompts, recipe.max_new_tokens, eos)
-            for index, prompt, response in zip(batch, prompts, responses):
+                outputs = _generate(base, prompts, recipe.max_new_tokens, eos)
+            for index, prompt, response in zip(batch, prompts, outputs):
                 entry = {"index": index, "prompt_ids": prompt, "response_ids": response[: recipe.max_seq_len - len(prompt)]}
                 done[index] = entry
                 sink.write(json.dumps(entry) + "\n")

@@ -22,6 +22,7 @@ class TrainRecipe:
     data: str = "../shared/data/alpaca_5000.json"
     num_examples: int = 1000
     responses: str = "self-distill"  # "self-distill" | "corpus"
+    corpus_examples: int = 0  # extra records after those, trained on their own (corpus) outputs
     max_new_tokens: int = 128  # self-distillation response length
     max_seq_len: int = 384
     generation_batch_size: int = 16

@@ -28,8 +28,8 @@ from .losses import HEAD_LOSS_DECAY, head_accuracy, head_inputs, head_logits, he
 from .recipe import TrainRecipe
 
 PROBE_TREE = "tree16"
-PROBE_PROMPTS = 6
-PROBE_NEW_TOKENS = 48
+PROBE_PROMPTS = 4
+PROBE_NEW_TOKENS = 40
 LOG_FILE = "training_log.json"
 
 
@@ -76,7 +76,7 @@ class Trainer:
             self.progress(stage, completed, total)
 
     def prepare_data(self) -> tuple[HiddenStateCache, list[int], list[int], list[dict]]:
-        total = self.recipe.num_examples
+        total = self.recipe.num_examples + self.recipe.corpus_examples
         done = [0]
 
         def advance_sequences(n):
