@@ -38,6 +38,7 @@ class BuildOptions:
     max_seq_len: int = 2048
     target: str = "onnx"
     force: bool = False
+    sampling: bool = True  # also build the *_sample graphs (temperature > 0)
 
 
 def build_artifact(
@@ -59,7 +60,7 @@ def build_artifact(
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
     try:
         with tempfile.TemporaryDirectory() as scratch:
-            specs = build_graph_specs(base, heads, tree, options.max_seq_len, dtype)
+            specs = build_graph_specs(base, heads, tree, options.max_seq_len, dtype, sampling=options.sampling)
             models = {}
             for spec in specs:
                 report(f"trace {spec.name} graph")
@@ -133,6 +134,7 @@ def _manifest(base, heads, tree, options, specs, models, staging: Path) -> dict:
         "target": options.target,
         "dtype": options.dtype,
         "max_seq_len": options.max_seq_len,
+        "sampling": options.sampling,
         "base_model": {
             "name": base.name,
             "model_type": base.config.model_type,

@@ -12,6 +12,7 @@ import torch
 from hydra_runtime.generator import Generator
 from hydra_runtime.manifest import Manifest
 from hydra_runtime.onnx_engine import OnnxEngine
+from hydra_runtime.sampling import SamplingConfig
 from hydra_runtime.tree import TreeBuffers
 
 from .artifact_builder import DTYPES
@@ -84,22 +85,28 @@ def verify_artifact(
     dtype = DTYPES[dtype_name]
     base.model.to(dtype)
     heads.to(dtype)
-    specs = {spec.name: spec for spec in build_graph_specs(base, heads, tree, manifest.max_seq_len, dtype)}
+    sampling = bool(manifest.data.get("sampling"))
+    specs = {spec.name: spec
+             for spec in build_graph_specs(base, heads, tree, manifest.max_seq_len, dtype, sampling=sampling)}
 
     report_stage("compare every graph with ONNX Runtime")
     generator = Generator.load(artifact_dir, verify_checksums=False)
     prompt_ids = generator.encode(SAMPLE_PROMPT)[: manifest.max_seq_len // 2]
-    prefill_feeds = {"input_ids": np.asarray(prompt_ids, dtype=np.int64)}
-    torch_prefill = TorchEngine(specs["prefill"]).run(prefill_feeds)
-    report.comparisons += _compare("prefill", generator.engines["prefill"].run(prefill_feeds), torch_prefill)
-    for name in ("step", "decode"):
-        engine: OnnxEngine = generator.engines[name]
-        feeds = {key: value for key, value in torch_prefill.items() if key.startswith("present.")}
-        feeds = {key.replace("present.", "past_key_values."): value for key, value in feeds.items()}
-        feeds = {key: value for key, value in feeds.items() if key in engine.input_names}
-        tokens = torch_prefill["tree_tokens"]
-        feeds["tree_tokens"] = tokens if name == "step" else tokens[:1]
-        report.comparisons += _compare(name, engine.run(feeds), TorchEngine(specs[name]).run(feeds))
+    for suffix, controls in (("", {}), ("_sample", SamplingConfig(temperature=0.8).engine_feeds(0.6))):
+        if "prefill" + suffix not in specs:
+            continue
+        prefill_feeds = {"input_ids": np.asarray(prompt_ids, dtype=np.int64), **controls}
+        torch_prefill = TorchEngine(specs["prefill" + suffix]).run(prefill_feeds)
+        onnx_prefill = generator.engines["prefill" + suffix].run(prefill_feeds)
+        report.comparisons += _compare("prefill" + suffix, onnx_prefill, torch_prefill)
+        for name in ("step" + suffix, "decode" + suffix):
+            engine: OnnxEngine = generator.engines[name]
+            past = {key.replace("present.", "past_key_values."): value
+                    for key, value in torch_prefill.items() if key.startswith("present.")}
+            feeds = {key: value for key, value in past.items() if key in engine.input_names} | controls
+            tokens = torch_prefill["tree_tokens"]
+            feeds["tree_tokens"] = tokens if name.startswith("step") else tokens[:1]
+            report.comparisons += _compare(name, engine.run(feeds), TorchEngine(specs[name]).run(feeds))
 
     report_stage("end-to-end greedy generation: runtime vs PyTorch reference")
     report.runtime_tokens, _ = generator.generate_ids(prompt_ids, max_new_tokens)

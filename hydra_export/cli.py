@@ -78,6 +78,7 @@ def build(
     target: Annotated[str, typer.Option(help="onnx (TensorRT has its own target).")] = "onnx",
     dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16 (fp16/bf16 for GPUs).")] = "fp32",
     max_seq_len: Annotated[int, typer.Option("--max-seq-len", help="Context the engines support.")] = 2048,
+    sampling: Annotated[bool, typer.Option(help="Also build sampling graphs (temperature > 0).")] = True,
     force: Annotated[bool, typer.Option(help="Replace OUTPUT if it exists.")] = False,
 ):
     """Trace base model + heads into an artifact directory (graphs, weights, tokenizer, manifest)."""
@@ -88,7 +89,8 @@ def build(
     from .heads.reference_formats import load_heads
     from .shipped_heads import shipped_heads_dir
 
-    options = BuildOptions(tree_name=str(tree), dtype=dtype, max_seq_len=max_seq_len, target=target, force=force)
+    options = BuildOptions(tree_name=str(tree), dtype=dtype, max_seq_len=max_seq_len, target=target, force=force,
+                           sampling=sampling)
     if output.exists() and not force:
         raise HydraExportError(f"{output} already exists; pass --force to replace it, or choose another -o")
     heads_dir = heads or shipped_heads_dir(model)
@@ -98,7 +100,8 @@ def build(
             "`hydra-export train recipes/<recipe>.json` and pass --heads DIR"
         )
     with stage_progress() as progress:
-        task = progress.add_task("load base model", total=7)
+        stages = 4 + (6 if sampling else 3)
+        task = progress.add_task("load base model", total=stages)
 
         def advance(description: str) -> None:
             progress.update(task, advance=1, description=description)
@@ -108,7 +111,7 @@ def build(
         draft_heads = load_heads(heads_dir, base.config)
         tree_buffers = TreeBuffers.from_spec(tree, num_heads=draft_heads.config.num_heads)
         build_artifact(base, draft_heads, tree_buffers, output, options, progress=advance)
-        progress.update(task, completed=7, description=f"artifact written to {output}")
+        progress.update(task, completed=stages, description=f"artifact written to {output}")
     stdout.print(f"built {output} ({draft_heads.kind} heads, {tree_buffers.num_nodes}-node tree, {dtype})")
 
 
@@ -215,6 +218,8 @@ def generate(
     prompt: Annotated[str, typer.Argument(help="User message (the chat template is applied).")],
     max_new_tokens: MaxNewTokens = 256,
     mode: Annotated[str, typer.Option(help="hydra | autoregressive")] = "hydra",
+    temperature: Annotated[float, typer.Option(min=0.0, help="0: greedy (lossless); > 0: typical acceptance.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of the sampler (temperature > 0).")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of streaming.")] = False,
     threads: Threads = None,
     provider: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
@@ -224,10 +229,10 @@ def generate(
 
     generator = Generator.load(artifact, provider=provider, threads=threads)
     if as_json:
-        out = generator.generate(prompt, max_new_tokens=max_new_tokens, mode=mode)
+        out = generator.generate(prompt, max_new_tokens=max_new_tokens, mode=mode, temperature=temperature, seed=seed)
         stdout.print_json(json.dumps({"text": out.text, "token_ids": out.token_ids, "stats": out.stats.as_dict()}))
         return
-    for chunk in generator.stream(prompt, max_new_tokens=max_new_tokens, mode=mode):
+    for chunk in generator.stream(prompt, max_new_tokens=max_new_tokens, mode=mode, temperature=temperature, seed=seed):
         sys.stdout.write(chunk)
         sys.stdout.flush()
     sys.stdout.write("\n")

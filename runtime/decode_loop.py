@@ -78,15 +78,17 @@ def decode(
     stop: StopRule,
     tree_size: int,
     on_tokens: Callable[[list[int]], None] = lambda tokens: None,
+    controls: Callable[[], dict[str, np.ndarray]] = dict,
 ) -> tuple[list[int], DecodeStats]:
     """Generate after ``prompt_ids``. ``step`` None means autoregressive (``fallback`` only).
 
     The fallback (the one-node autoregressive step) also finishes speculative runs once
-    a whole tree no longer fits in the context.
+    a whole tree no longer fits in the context. ``controls()`` gives the extra scalar
+    inputs of every engine call (sampling settings and a fresh random number), if any.
     """
     stats = DecodeStats(prompt_tokens=len(prompt_ids))
     start = time.perf_counter()
-    out = prefill.run({"input_ids": np.asarray(prompt_ids, dtype=np.int64)})
+    out = prefill.run({"input_ids": np.asarray(prompt_ids, dtype=np.int64), **controls()})
     kv.reset()
     kv.append(out, len(prompt_ids))
     tree = out["tree_tokens"]
@@ -111,7 +113,7 @@ def decode(
     while not done:
         speculative = step is not None and kv.length + tree_size <= stop.max_seq_len
         engine = step if speculative else fallback
-        feeds = kv.feeds(engine.input_names)
+        feeds = kv.feeds(engine.input_names) | controls()
         feeds["tree_tokens"] = tree if speculative else tree[:1]
         out = engine.run(feeds)
         count = int(out["accepted_count"])

@@ -14,6 +14,7 @@ from .errors import GenerationInputError
 from .kv_buffers import KVBuffers
 from .manifest import Manifest
 from .onnx_engine import OnnxEngine
+from .sampling import SamplingConfig
 from .text_stream import TextStream
 from .tree import TreeBuffers
 
@@ -56,13 +57,17 @@ class Generator:
         return self.tokenizer.encode_prompt(prompt_or_messages)
 
     def generate_ids(self, prompt_ids: list[int], max_new_tokens: int = 256, mode: str = "hydra",
-                     temperature: float = 0.0, on_tokens=lambda tokens: None) -> tuple[list[int], DecodeStats]:
+                     temperature: float = 0.0, on_tokens=lambda tokens: None, seed: int = 0,
+                     sampling: SamplingConfig | None = None) -> tuple[list[int], DecodeStats]:
+        """Greedy when temperature is 0 (lossless); otherwise typical acceptance, seeded by ``seed``."""
         if mode not in MODES:
             raise GenerationInputError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-        if temperature != 0.0:
+        sampling = sampling or SamplingConfig(temperature=temperature)
+        suffix = "" if sampling.greedy else "_sample"
+        if "prefill" + suffix not in self.engines:
             raise GenerationInputError(
-                "this artifact's engines decode greedily (temperature=0); sampling is not built into "
-                "the ONNX graphs yet. Use temperature=0, or the PyTorch reference decoder for sampling"
+                "this artifact was built without sampling graphs, so it decodes greedily only (temperature=0); "
+                "rebuild it with `hydra-export build --sampling` to sample"
             )
         if max_new_tokens < 1:
             raise GenerationInputError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
@@ -73,18 +78,19 @@ class Generator:
                 f"(its maximum sequence length is {limit}). Shorten the prompt or rebuild with a larger --max-seq-len"
             )
         stop = StopRule(max_new_tokens, frozenset(self.manifest.eos_token_ids), limit, len(prompt_ids))
-        step = self.engines["step"] if mode == "hydra" else None
-        return decode(
-            self.engines["prefill"], step, self.engines["decode"], self.kv, prompt_ids, stop, self.tree_size, on_tokens
-        )
+        step = self.engines["step" + suffix] if mode == "hydra" else None
+        rng = np.random.default_rng(seed)
+        controls = dict if sampling.greedy else (lambda: sampling.engine_feeds(rng.random()))
+        return decode(self.engines["prefill" + suffix], step, self.engines["decode" + suffix], self.kv, prompt_ids,
+                      stop, self.tree_size, on_tokens, controls)
 
     def generate(self, prompt_or_messages, max_new_tokens: int = 256, mode: str = "hydra",
-                 temperature: float = 0.0) -> GenerationOutput:
-        ids, stats = self.generate_ids(self.encode(prompt_or_messages), max_new_tokens, mode, temperature)
+                 temperature: float = 0.0, seed: int = 0) -> GenerationOutput:
+        ids, stats = self.generate_ids(self.encode(prompt_or_messages), max_new_tokens, mode, temperature, seed=seed)
         return GenerationOutput(self.tokenizer.decode(ids), ids, stats)
 
     def stream(self, prompt_or_messages, max_new_tokens: int = 256, mode: str = "hydra",
-               temperature: float = 0.0) -> Iterator[str]:
+               temperature: float = 0.0, seed: int = 0) -> Iterator[str]:
         """Yields text as tokens are accepted (generation runs on a background thread)."""
         import queue
         import threading
@@ -96,7 +102,8 @@ class Generator:
 
         def work():
             try:
-                self.generate_ids(prompt_ids, max_new_tokens, mode, temperature, lambda ids: chunks.put(text.push(ids)))
+                self.generate_ids(prompt_ids, max_new_tokens, mode, temperature,
+                                  lambda ids: chunks.put(text.push(ids)), seed=seed)
             except BaseException as error:  # handed to the consumer thread
                 failure.append(error)
             finally:

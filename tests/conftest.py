@@ -62,14 +62,14 @@ def artifacts(tmp_path_factory, model_dirs):
 
     built = {}
 
-    def get(model: str, kind: str, tree: str = "tree16", max_seq_len: int = 256):
-        key = (model, kind, tree, max_seq_len)
+    def get(model: str, kind: str, tree: str = "tree16", max_seq_len: int = 256, sampling: bool = False):
+        key = (model, kind, tree, max_seq_len, sampling)
         if key not in built:
             base = load_base_model(model_dirs[model])
             heads = random_heads(base, kind)
             root = tmp_path_factory.mktemp("artifact")
             save_heads(heads, root / "heads")
-            options = BuildOptions(tree_name=tree, max_seq_len=max_seq_len)
+            options = BuildOptions(tree_name=tree, max_seq_len=max_seq_len, sampling=sampling)
             built[key] = build_artifact(base, heads, TreeBuffers.from_name(tree), root / "artifact", options)
         return built[key]
 

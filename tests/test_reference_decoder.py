@@ -83,12 +83,9 @@ def test_prompt_longer_than_context_is_refused(llama):
 def test_typical_acceptance_is_seeded_and_respects_limits(qwen2):
     decoder = ReferenceDecoder(qwen2, random_heads(qwen2, "hydra++"), TreeBuffers.from_name("tree16"))
     sampling = SamplingConfig(temperature=0.8)
-    runs = [
-        decoder.generate([5, 6, 7], 25, sampling=sampling, generator=torch.Generator().manual_seed(0)).tokens
-        for _ in range(2)
-    ]
+    runs = [decoder.generate([5, 6, 7], 25, sampling=sampling, seed=0).tokens for _ in range(2)]
     assert runs[0] == runs[1] and len(runs[0]) == 25
-    other = decoder.generate([5, 6, 7], 25, sampling=sampling, generator=torch.Generator().manual_seed(1))
+    other = decoder.generate([5, 6, 7], 25, sampling=sampling, seed=1)
     assert other.tokens != runs[0]
 
 

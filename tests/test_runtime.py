@@ -84,10 +84,39 @@ def test_chat_prompt_matches_transformers_template(artifacts, model_dirs):
     assert "".join(generator.stream("Why?", max_new_tokens=12)) == out.text
 
 
+@pytest.mark.parametrize("model, kind", [("llama", "hydra++"), ("qwen2", "medusa")])
+def test_seeded_sampling_matches_the_reference_decoder(artifacts, model_dirs, model, kind):
+    from hydra_export.decoding.reference_decoder import ReferenceDecoder
+    from hydra_export.heads.reference_formats import load_heads
+    from hydra_runtime import TreeBuffers
+    from hydra_runtime.sampling import SamplingConfig
+
+    artifact = artifacts(model, kind, sampling=True)
+    report = verify_artifact(artifact, model=str(model_dirs[model]))
+    assert {"prefill_sample", "step_sample", "decode_sample"} <= {c.graph for c in report.comparisons}
+    assert report.passed
+    generator = Generator.load(artifact)
+    base = load_base_model(model_dirs[model])
+    heads = load_heads(artifact / "heads", base.config)
+    decoder = ReferenceDecoder(base, heads, TreeBuffers.from_name("tree16"), max_seq_len=256)
+    sampling = SamplingConfig(temperature=0.9, posterior_threshold=0.2, posterior_alpha=0.4)
+    for seed, prompt in enumerate(prompts(3, seed=9)):
+        expected = decoder.generate(prompt, 30, eos_token_ids=(2,), sampling=sampling, seed=seed).tokens
+        ids, _ = generator.generate_ids(prompt, 30, sampling=sampling, seed=seed)
+        assert ids == expected
+    greedy, _ = generator.generate_ids(prompts(1, seed=1)[0], 30)
+    sampled = [generator.generate_ids(prompts(1, seed=1)[0], 30, temperature=1.0, seed=s)[0] for s in range(3)]
+    assert any(run != greedy for run in sampled)
+    ar, stats = generator.generate_ids(prompts(1, seed=1)[0], 30, mode="autoregressive", temperature=1.0, seed=0)
+    assert len(ar) >= 1 and stats.accepted_lengths == []
+
+
 def test_bad_generation_requests(artifacts):
     generator = Generator.load(artifacts("llama", "hydra"))
-    with pytest.raises(GenerationInputError, match="temperature=0"):
+    with pytest.raises(GenerationInputError, match="built without sampling graphs.*--sampling"):
         generator.generate("x", temperature=0.7)
+    with pytest.raises(GenerationInputError, match="temperature must be >= 0"):
+        generator.generate("x", temperature=-1)
     with pytest.raises(GenerationInputError, match="unknown mode 'fast'"):
         generator.generate("x", mode="fast")
     with pytest.raises(GenerationInputError, match="'role' and 'content'"):

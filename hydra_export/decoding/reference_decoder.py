@@ -16,7 +16,7 @@ from transformers import DynamicCache
 
 from hydra_runtime.acceptance import greedy_node_ok, longest_accepted_path, typical_node_ok, typical_thresholds
 from hydra_runtime.errors import GenerationInputError
-from hydra_runtime.sampling import SamplingConfig
+from hydra_runtime.sampling import SamplingConfig, inverse_cdf
 from hydra_runtime.tree import TreeBuffers
 
 from ..base_model import BaseModel
@@ -70,7 +70,7 @@ class ReferenceDecoder:
             tokens[plan.child_start : plan.child_stop] = top[torch.tensor(plan.child_parent_slot), torch.tensor(plan.child_rank)]
         return tokens
 
-    def _choose(self, tokens, logits, sampling: SamplingConfig, generator) -> tuple[np.ndarray, int]:
+    def _choose(self, tokens, logits, sampling: SamplingConfig, rng) -> tuple[np.ndarray, int]:
         """Accepted node indices [m+1] and the base model's token after the last of them."""
         n = tokens.shape[0]
         parents = self.tree.parents[:n]
@@ -86,13 +86,12 @@ class ReferenceDecoder:
         accepted = longest_accepted_path(
             self.tree.retrieve_paths, typical_node_ok(tokens_np, candidate, thresholds, parents)
         )
-        return accepted, int(torch.multinomial(probs[accepted[-1]], 1, generator=generator))
+        return accepted, inverse_cdf(probs_np[accepted[-1]], rng.random())
 
-    def _first_token(self, logits, sampling: SamplingConfig, generator) -> int:
+    def _first_token(self, logits, sampling: SamplingConfig, rng) -> int:
         if sampling.temperature <= 0:
             return int(logits.argmax())
-        probs = torch.softmax(logits.double() / sampling.temperature, dim=-1)
-        return int(torch.multinomial(probs, 1, generator=generator))
+        return inverse_cdf(torch.softmax(logits.double() / sampling.temperature, dim=-1).numpy(), rng.random())
 
     @torch.no_grad()
     def generate(
@@ -101,8 +100,9 @@ class ReferenceDecoder:
         max_new_tokens: int,
         eos_token_ids: tuple[int, ...] = (),
         sampling: SamplingConfig = SamplingConfig(),
-        generator: torch.Generator | None = None,
+        seed: int = 0,
     ) -> ReferenceResult:
+        """Greedy (lossless) or, with ``sampling.temperature`` > 0, typical acceptance seeded by ``seed``."""
         prompt_length = len(input_ids)
         if prompt_length == 0 or prompt_length >= self.max_seq_len:
             raise GenerationInputError(
@@ -114,7 +114,8 @@ class ReferenceDecoder:
         hidden = decoder(input_ids=torch.tensor([input_ids]), cache=cache, use_cache=True).last_hidden_state
         context_cache = heads.new_context_cache()
         context = heads.context(hidden, torch.arange(prompt_length)[None], context_cache)[0, -1]  # [H]
-        root = self._first_token(lm_head(hidden[0, -1]), sampling, generator)
+        rng = np.random.default_rng(seed)  # one draw per sampled root, in the engines' order
+        root = self._first_token(lm_head(hidden[0, -1]), sampling, rng)
 
         result = ReferenceResult(tokens=[])
         past = prompt_length  # cached positions; the root is emitted but not yet cached
@@ -137,7 +138,7 @@ class ReferenceDecoder:
             hidden = decoder(
                 input_ids=tokens[None], attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
             ).last_hidden_state[0]  # [n, H]
-            accepted, root = self._choose(tokens, lm_head(hidden), sampling, generator)
+            accepted, root = self._choose(tokens, lm_head(hidden), sampling, rng)
             accepted_t = torch.from_numpy(accepted)
             keep_accepted(cache, past, accepted_t)
             accepted_positions = torch.arange(past, past + len(accepted))[None]

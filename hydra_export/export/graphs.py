@@ -7,6 +7,10 @@
   leave the engine; no vocab-sized tensor does.
 - With an empty tree and no heads, StepGraph is the plain autoregressive decode step
   (the baseline the runtime compares against).
+- With ``sampling=True`` the graphs take four scalar inputs (temperature,
+  posterior_threshold, posterior_alpha, random_uniform): nodes are accepted by typical
+  acceptance and the root is sampled by inverse CDF (hydra_runtime.sampling), so a seeded
+  engine run matches the reference decoder.
 
 Every tree constant (mask, depths, paths, expansion plan) is a buffer, hence a graph
 constant. N = tree nodes, D = tree depth, P = cached positions, kv/d = KV heads/head dim.
@@ -33,6 +37,16 @@ def causal_bias(length: int | torch.Tensor, past: int | torch.Tensor, dtype: tor
     rows = torch.arange(length)[:, None]
     cols = torch.arange(past + length)[None, :] - past
     return additive_bias(cols <= rows, dtype)
+
+
+SAMPLING_INPUTS = ("temperature", "posterior_threshold", "posterior_alpha", "random_uniform")
+
+
+def sample_token(logits: torch.Tensor, temperature: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """logits [V] -> [1]: the first index whose cumulative probability reaches ``uniform``."""
+    cdf = torch.cumsum(torch.softmax(logits.float() / temperature, dim=-1), dim=-1)
+    index = (cdf < uniform * cdf[-1]).to(torch.int64).sum()
+    return torch.clamp(index, max=logits.shape[-1] - 1).reshape(1)
 
 
 class TreeDrafter(nn.Module):
@@ -86,22 +100,29 @@ class ContextLayer(nn.Module):
 
 
 class PrefillGraph(nn.Module):
-    def __init__(self, decoder: FlatDecoder, heads: DraftHeads | None, tree: TreeBuffers):
+    def __init__(self, decoder: FlatDecoder, heads: DraftHeads | None, tree: TreeBuffers, sampling: bool = False):
         super().__init__()
+        self.sampling = sampling
         self.decoder = decoder
         self.drafter = TreeDrafter(heads, tree, BaseProjections(decoder.embed_tokens, decoder.lm_head))
         self.context_layer = ContextLayer(heads, decoder) if heads is not None and heads.has_context_layer else None
         self.kv_shape = (1, 0, decoder.num_kv_heads, decoder.head_dim)
 
-    def forward(self, input_ids: torch.Tensor):
-        """input_ids [T] -> tree_tokens [N], present K/V [1, T, kv, d] per layer (context layer last)."""
+    def forward(self, input_ids: torch.Tensor, *controls: torch.Tensor):
+        """input_ids [T] (+ the SAMPLING_INPUTS scalars when sampling) ->
+        tree_tokens [N], present K/V [1, T, kv, d] per layer (context layer last)."""
         t = input_ids.shape[0]
         dtype = self.decoder.rotary.cos.dtype
         empty = torch.zeros(self.kv_shape, dtype=dtype)
         bias = causal_bias(t, 0, dtype)
         positions = torch.arange(t)
         hidden, present = self.decoder(input_ids, positions, [empty] * (2 * self.decoder.num_layers), bias)
-        root = torch.argmax(self.decoder.lm_head(hidden[-1:]), dim=-1)  # [1]
+        last_logits = self.decoder.lm_head(hidden[-1])  # [V]
+        if self.sampling:
+            temperature, _, _, uniform = controls
+            root = sample_token(last_logits, temperature, uniform)
+        else:
+            root = torch.argmax(last_logits, dim=-1).reshape(1)
         context = hidden[-1]
         if self.context_layer is not None:
             out, key, value = self.context_layer(hidden, positions, empty, empty, bias)
@@ -111,8 +132,9 @@ class PrefillGraph(nn.Module):
 
 
 class StepGraph(nn.Module):
-    def __init__(self, decoder: FlatDecoder, heads: DraftHeads | None, tree: TreeBuffers):
+    def __init__(self, decoder: FlatDecoder, heads: DraftHeads | None, tree: TreeBuffers, sampling: bool = False):
         super().__init__()
+        self.sampling = sampling
         dtype = decoder.rotary.cos.dtype
         self.decoder = decoder
         self.drafter = TreeDrafter(heads, tree, BaseProjections(decoder.embed_tokens, decoder.lm_head))
@@ -129,21 +151,24 @@ class StepGraph(nn.Module):
         self.register_buffer("path_present", _const(paths[:, 1:] >= 0))  # [L, D]
         self.register_buffer("path_offsets", torch.arange(self.path_length))  # [D+1]
 
-    def forward(self, tree_tokens: torch.Tensor, *past: torch.Tensor):
-        """tree_tokens [N]; past: K/V [1, P, kv, d] per layer (context layer last).
+    def forward(self, tree_tokens: torch.Tensor, *inputs: torch.Tensor):
+        """tree_tokens [N] (+ the SAMPLING_INPUTS scalars when sampling); past: K/V [1, P, kv, d]
+        per layer (context layer last).
 
         Returns next_tree_tokens [N], accepted_nodes [D+1] (valid up to accepted_count),
         accepted_count [] (>= 1), and per layer the K/V rows of accepted_nodes [1, D+1, kv, d].
         """
+        controls, past = (inputs[:4], inputs[4:]) if self.sampling else ((), inputs)
         base_past = list(past[: self.num_base_kv])
         p = base_past[0].shape[1]
         n = tree_tokens.shape[0]
         bias = torch.cat([torch.zeros(n, p, dtype=self.tree_bias.dtype), self.tree_bias], dim=1)  # [N, P+N]
         hidden, present = self.decoder(tree_tokens, p + self.depths, base_past, bias)  # [N, H]
-        predictions = torch.argmax(self.decoder.lm_head(hidden), dim=-1)  # [N]
-
-        # Greedy acceptance: a node is accepted when it equals its parent's prediction.
-        node_ok = (tree_tokens == predictions[self.parents]) | self.is_root  # [N]
+        logits = self.decoder.lm_head(hidden)  # [N, V]
+        if self.sampling:
+            node_ok, choose_root = self._typical_acceptance(logits, tree_tokens, *controls)
+        else:
+            node_ok, choose_root = self._greedy_acceptance(logits, tree_tokens)
         child_ok = node_ok[self.path_children] & self.path_present  # [L, D]
         misses = torch.cumsum((~child_ok).to(torch.int64), dim=1)  # [L, D]
         lengths = (misses == 0).to(torch.int64).sum(dim=1)  # [L] accepted drafts per path
@@ -151,7 +176,7 @@ class StepGraph(nn.Module):
         count = lengths[best] + 1  # root included
         path = self.paths[best]  # [D+1]
         last = path[count - 1]
-        root = predictions[last].reshape(1)
+        root = choose_root(last)
 
         accepted = [kv[:, path] for kv in present]  # [1, D+1, kv, d] each
         context = hidden[last]
@@ -163,3 +188,18 @@ class StepGraph(nn.Module):
             context = out[count - 1]
             accepted += [key, value]
         return (self.drafter(root, context), path, count, *accepted)
+
+    def _greedy_acceptance(self, logits: torch.Tensor, tree_tokens: torch.Tensor):
+        """A node is accepted when it equals its parent's argmax; the root is the argmax after the path."""
+        predictions = torch.argmax(logits, dim=-1)  # [N]
+        node_ok = (tree_tokens == predictions[self.parents]) | self.is_root  # [N]
+        return node_ok, lambda last: predictions[last].reshape(1)
+
+    def _typical_acceptance(self, logits, tree_tokens, temperature, posterior_threshold, posterior_alpha, uniform):
+        """Typical acceptance (Medusa): p(node | parent) > min(epsilon, alpha * exp(-entropy(parent)))."""
+        probs = torch.softmax(logits.float() / temperature, dim=-1)  # [N, V]
+        candidate = probs[self.parents, tree_tokens]  # [N]
+        entropy = -(probs * torch.log(probs + 1e-10)).sum(dim=-1)  # [N]
+        threshold = torch.minimum(posterior_threshold, posterior_alpha * torch.exp(-entropy))  # [N]
+        node_ok = (candidate > threshold[self.parents]) | self.is_root
+        return node_ok, lambda last: sample_token(logits[last], temperature, uniform)

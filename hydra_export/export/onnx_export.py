@@ -60,8 +60,9 @@ def _nest_varargs(module: torch.nn.Module, per_input: list) -> tuple:
     """torch.export wants a ``*past`` parameter's shapes as one nested tuple."""
     parameters = inspect.signature(module.forward).parameters.values()
     fixed = sum(1 for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
-    if any(p.kind == p.VAR_POSITIONAL for p in parameters):
-        return (*per_input[:fixed], tuple(per_input[fixed:]))
+    if any(p.kind == p.VAR_POSITIONAL for p in parameters) and len(per_input) > fixed:
+        # {} rather than None for static inputs: a tuple of only Nones is not matched structurally.
+        return (*per_input[:fixed], tuple(dims if dims is not None else {} for dims in per_input[fixed:]))
     return tuple(per_input)
 
 
