@@ -141,6 +141,42 @@ def train(
                  f"{last['top1']}, mean accepted length {last.get('mean_accepted_length_tree16')}")
 
 
+@app.command("training-curves")
+@friendly_errors
+def training_curves(
+    heads: Annotated[list[Path], typer.Argument(help="Heads directories written by `hydra-export train`.")],
+    plot: Annotated[Path, typer.Option(help="PNG to write.")] = Path("training_curves.png"),
+):
+    """Plot accepted length and top-1 against training tokens for trained heads; prints the points."""
+    from .training.curves import plot_learning_curves
+
+    stdout.print_json(json.dumps(plot_learning_curves(heads, plot)))
+
+
+@app.command("tree-search")
+@friendly_errors
+def tree_search(
+    recipe: Annotated[Path, typer.Argument(help="The recipe the heads were trained with (its data cache is reused).")],
+    nodes: Annotated[str, typer.Option(help="Comma-separated tree sizes (root included).")] = "8,16,24,64",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the grown trees here (JSON).")] = None,
+):
+    """Grow the trees with the highest expected acceptance for trained heads; prints JSON."""
+    from .training.recipe import TrainRecipe
+    from .training.tree_planning import plan_trees
+
+    try:
+        sizes = [int(size) for size in nodes.split(",")]
+    except ValueError:
+        raise HydraExportError(f"--nodes takes comma-separated integers, got {nodes!r}") from None
+    if any(size < 1 for size in sizes):
+        raise HydraExportError(f"tree sizes must be at least 1 (the root), got {nodes!r}")
+    plan = plan_trees(TrainRecipe.from_file(recipe), sizes)
+    if output:
+        for size, grown in plan["grown"].items():
+            (output.parent / f"{output.stem}-{size}{output.suffix or '.json'}").write_text(json.dumps(grown["choices"]))
+    stdout.print_json(json.dumps(plan))
+
+
 @app.command()
 @friendly_errors
 def verify(

@@ -13,7 +13,7 @@ from .decode_loop import DecodeStats, StopRule, decode
 from .errors import GenerationInputError
 from .kv_buffers import KVBuffers
 from .manifest import Manifest
-from .onnx_engine import OnnxEngine
+from .onnx_engine import LazyEngines
 from .sampling import SamplingConfig
 from .text_stream import TextStream
 from .tree import TreeBuffers
@@ -29,7 +29,7 @@ class GenerationOutput:
 
 
 class Generator:
-    def __init__(self, manifest: Manifest, tokenizer: ChatTokenizer, engines: dict, kv: KVBuffers):
+    def __init__(self, manifest: Manifest, tokenizer: ChatTokenizer, engines: LazyEngines, kv: KVBuffers):
         self.manifest = manifest
         self.tokenizer = tokenizer
         self.engines = engines  # "prefill" | "step" | "decode" -> Engine
@@ -43,10 +43,9 @@ class Generator:
         artifact_dir = Path(artifact_dir)
         manifest = Manifest.read(artifact_dir, verify_checksums=verify_checksums)
         TreeBuffers.from_choices(manifest.tree_choices)  # a malformed tree is refused here, named
-        engines = {
-            name: OnnxEngine(artifact_dir / entry.file, provider=provider, threads=threads)
-            for name, entry in manifest.graphs.items()
-        }
+        engines = LazyEngines(artifact_dir, {name: entry.file for name, entry in manifest.graphs.items()},
+                              provider=provider, threads=threads)
+        engines["prefill"]  # fail now, not at the first prompt, if the engine runtime cannot load the graphs
         kv_spec = manifest.kv
         kv = KVBuffers(
             kv_spec["num_layers"], manifest.max_seq_len, kv_spec["kv_heads"], kv_spec["head_dim"], np.dtype(kv_spec["dtype"])

@@ -50,3 +50,22 @@ class OnnxEngine:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs = self.session.run(None, {name: feeds[name] for name in self.input_names})
         return dict(zip(self.output_names, outputs))
+
+
+class LazyEngines:
+    """The artifact's engines by graph name, each session created on first use.
+
+    Sampling graphs cost memory and start-up only for callers that sample.
+    """
+
+    def __init__(self, artifact_dir: Path, files: dict[str, str], provider: str = "cpu", threads: int | None = None):
+        self.artifact_dir, self.files, self.provider, self.threads = Path(artifact_dir), files, provider, threads
+        self._engines: dict[str, OnnxEngine] = {}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.files
+
+    def __getitem__(self, name: str) -> OnnxEngine:
+        if name not in self._engines:
+            self._engines[name] = OnnxEngine(self.artifact_dir / self.files[name], self.provider, self.threads)
+        return self._engines[name]

@@ -42,3 +42,32 @@ def test_default_model_loads_from_gguf_package():
     base = load_base_model(DEFAULT_MODEL)
     assert base.config.model_type == "llama" and base.config.num_hidden_layers == 30
     assert base.config.vocab_size == 49152 and base.tokenizer.chat_template
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["medusa", "hydra", "hydra++"])
+def test_default_model_speculation_is_lossless_on_mt_bench(kind):
+    import json
+
+    from conftest import SHARED_DATA
+    from hydra_export.decoding.reference_decoder import ReferenceDecoder
+    from hydra_export.heads.reference_formats import load_heads
+    from hydra_export.shipped_heads import shipped_heads_dir
+    from hydra_runtime import TreeBuffers
+
+    base = load_base_model(DEFAULT_MODEL)
+    heads_dir = shipped_heads_dir(DEFAULT_MODEL, kind)
+    assert heads_dir is not None, f"no shipped {kind} heads"
+    heads = load_heads(heads_dir, base.config)
+    decoder = ReferenceDecoder(base, heads, TreeBuffers.from_name("tree16"))
+    lines = (SHARED_DATA / "mt_bench.jsonl").read_text().splitlines()[:3]
+    eos = base.tokenizer.eos_token_id
+    for line in lines:
+        messages = [{"role": "user", "content": json.loads(line)["turns"][0]}]
+        prompt = list(base.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                         return_dict=False))
+        expected = base.model.generate(torch.tensor([prompt]), max_new_tokens=48, do_sample=False,
+                                       eos_token_id=eos, pad_token_id=eos)[0, len(prompt):].tolist()
+        result = decoder.generate(prompt, 48, eos_token_ids=(eos,))
+        assert result.tokens == expected
+        assert result.mean_accepted_length > 1.0  # trained heads do get accepted

@@ -80,3 +80,32 @@ def test_schedule_warms_up_then_decays():
     factor = cosine_with_warmup(100, 0.1)
     assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
     assert factor(55) == pytest.approx(0.5, abs=0.05) and factor(99) < 0.01
+
+
+def test_train_tree_search_and_curves_commands(tmp_path, model_dirs):
+    from typer.testing import CliRunner
+
+    from hydra_export.cli import app
+
+    recipe = recipe_for(tmp_path, "hydra", model=str(model_dirs["llama"]), epochs=3)
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps({k: v for k, v in recipe.__dict__.items()}))
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "heads written to" in result.output
+
+    result = runner.invoke(app, ["tree-search", str(path), "--nodes", "4,8", "-o", str(tmp_path / "tree.json")])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert len(plan["rank_probs"]) == 4 and set(plan["grown"]) == {"4", "8"}
+    assert plan["grown"]["8"]["expected_tokens_per_step"] >= plan["grown"]["4"]["expected_tokens_per_step"] >= 1.0
+    assert json.loads((tmp_path / "tree-8.json").read_text()) == plan["grown"]["8"]["choices"]
+
+    result = runner.invoke(app, ["training-curves", recipe.output_dir, "--plot", str(tmp_path / "curves.png")])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["hydra"]["tokens"][0] == 0
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+
+    result = runner.invoke(app, ["tree-search", str(path), "--nodes", "x"])
+    assert result.exit_code == 1 and "comma-separated integers" in result.output

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -72,10 +73,14 @@ def head_loss(student: torch.Tensor, inputs: HeadInputs, base: BaseProjections, 
 
 
 @torch.no_grad()
-def head_accuracy(heads: DraftHeads, k: int, inputs: HeadInputs, base: BaseProjections) -> tuple[int, int, int]:
-    """(top-1 hits, top-5 hits, rows) against the base model's own argmax, full vocabulary."""
+def truth_rank_counts(heads: DraftHeads, k: int, inputs: HeadInputs, base: BaseProjections,
+                      max_rank: int = 10) -> tuple[np.ndarray, int]:
+    """How often the base model's own argmax is head k's rank-r candidate: counts [max_rank], rows."""
+    counts = np.zeros(max_rank, dtype=np.int64)
     if inputs.context.shape[0] == 0:
-        return 0, 0, 0
+        return counts, 0
     truth = teacher_logits(inputs, base, None).argmax(dim=-1)  # [n]
-    top5 = head_logits(heads, k, inputs, base, None).topk(5, dim=-1).indices  # [n, 5]
-    return int((top5[:, 0] == truth).sum()), int((top5 == truth[:, None]).any(dim=-1).sum()), int(truth.numel())
+    top = head_logits(heads, k, inputs, base, None).topk(max_rank, dim=-1).indices  # [n, max_rank]
+    hits = (top == truth[:, None]).nonzero(as_tuple=True)[1]  # rank of each found truth
+    counts += np.bincount(hits.numpy(), minlength=max_rank)
+    return counts, int(truth.numel())

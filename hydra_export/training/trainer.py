@@ -24,7 +24,7 @@ from ..decoding.reference_decoder import ReferenceDecoder
 from ..heads import BaseProjections, DraftHeads, build_heads, heads_config_for
 from ..heads.checkpoint import load_native_heads, save_heads
 from .dataset import HiddenStateCache, build_sequences
-from .losses import HEAD_LOSS_DECAY, head_accuracy, head_inputs, head_logits, head_loss
+from .losses import HEAD_LOSS_DECAY, head_inputs, head_logits, head_loss, truth_rank_counts
 from .recipe import TrainRecipe
 
 PROBE_TREE = "tree16"
@@ -110,18 +110,25 @@ class Trainer:
         return total, rows
 
     @torch.no_grad()
-    def evaluate(self, cache: HiddenStateCache, held_out: list[int], sequences: list[dict]) -> dict:
+    def rank_probs(self, cache: HiddenStateCache, held_out: list[int], max_rank: int = 10) -> np.ndarray:
+        """[K, max_rank]: on held-out data, how often head k's rank-r candidate is the base model's token."""
         self.heads.eval()
         num_heads = self.heads.config.num_heads
-        hits = np.zeros((num_heads, 3), dtype=np.int64)
+        counts, rows = np.zeros((num_heads, max_rank)), np.zeros(num_heads)
         for start in range(0, len(held_out), self.recipe.batch_size):
             hidden, tokens, lengths, prompt_lengths = cache.batch(held_out[start : start + self.recipe.batch_size])
             context = self.heads.context(hidden, torch.arange(hidden.shape[1])[None], None)
             for k in range(num_heads):
-                hits[k] += head_accuracy(self.heads, k, head_inputs(k, context, hidden, tokens, lengths, prompt_lengths),
-                                         self.projections)
-        top1 = (hits[:, 0] / np.maximum(hits[:, 2], 1)).round(4).tolist()
-        top5 = (hits[:, 1] / np.maximum(hits[:, 2], 1)).round(4).tolist()
+                inputs = head_inputs(k, context, hidden, tokens, lengths, prompt_lengths)
+                found, n = truth_rank_counts(self.heads, k, inputs, self.projections, max_rank)
+                counts[k] += found
+                rows[k] += n
+        return counts / np.maximum(rows, 1)[:, None]
+
+    @torch.no_grad()
+    def evaluate(self, cache: HiddenStateCache, held_out: list[int], sequences: list[dict]) -> dict:
+        probs = self.rank_probs(cache, held_out)
+        num_heads = self.heads.config.num_heads
         decoder = ReferenceDecoder(self.base, self.heads, TreeBuffers.from_name(PROBE_TREE, num_heads=num_heads))
         eos = (self.base.tokenizer.eos_token_id,)
         accepted = []
@@ -129,7 +136,12 @@ class Trainer:
             result = decoder.generate(sequences[i]["prompt_ids"], PROBE_NEW_TOKENS, eos_token_ids=eos)
             accepted += result.accepted_lengths
         self.heads.train()
-        return {"top1": top1, "top5": top5, f"mean_accepted_length_{PROBE_TREE}": round(float(np.mean(accepted)), 4)}
+        return {
+            "top1": probs[:, 0].round(4).tolist(),
+            "top5": probs[:, :5].sum(axis=1).round(4).tolist(),
+            "rank_probs": probs.round(5).tolist(),
+            f"mean_accepted_length_{PROBE_TREE}": round(float(np.mean(accepted)), 4),
+        }
 
     def train(self, resume: bool = True) -> dict:
         recipe = self.recipe
