@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
@@ -49,6 +50,12 @@ def friendly_errors(command):
     return wrapper
 
 
+def default_tree(heads_dir: Path) -> str:
+    """Heads may ship the tree tree-search grew for them; otherwise a 16-node preset."""
+    grown = Path(heads_dir) / "tree.json"
+    return str(grown) if grown.is_file() else "tree16"
+
+
 def stage_progress() -> Progress:
     return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), console=console, transient=False)
@@ -74,7 +81,8 @@ def build(
     model: ModelOption = "smollm2-135m-instruct",
     heads: Annotated[Optional[Path], typer.Option(help="Heads directory (native or reference format). "
                                                   "Default: the shipped heads for the default model.")] = None,
-    tree: Annotated[str, typer.Option(help="Tree preset name or JSON file of choices.")] = "tree16",
+    tree: Annotated[Optional[str], typer.Option(help="Tree preset name or JSON file of choices. Default: the "
+                                                "heads' own tree.json (grown by tree-search) if any, else tree16.")] = None,
     target: Annotated[str, typer.Option(help="onnx (TensorRT has its own target).")] = "onnx",
     dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16 (fp16/bf16 for GPUs).")] = "fp32",
     max_seq_len: Annotated[int, typer.Option("--max-seq-len", help="Context the engines support.")] = 2048,
@@ -89,7 +97,7 @@ def build(
     from .heads.reference_formats import load_heads
     from .shipped_heads import shipped_heads_dir
 
-    options = BuildOptions(tree_name=str(tree), dtype=dtype, max_seq_len=max_seq_len, target=target, force=force,
+    options = BuildOptions(tree_name="", dtype=dtype, max_seq_len=max_seq_len, target=target, force=force,
                            sampling=sampling)
     if output.exists() and not force:
         raise HydraExportError(f"{output} already exists; pass --force to replace it, or choose another -o")
@@ -109,6 +117,8 @@ def build(
         base = load_base_model(model)
         advance("load heads")
         draft_heads = load_heads(heads_dir, base.config)
+        tree = tree or default_tree(heads_dir)
+        options = dataclasses.replace(options, tree_name=str(tree))
         tree_buffers = TreeBuffers.from_spec(tree, num_heads=draft_heads.config.num_heads)
         build_artifact(base, draft_heads, tree_buffers, output, options, progress=advance)
         progress.update(task, completed=stages, description=f"artifact written to {output}")

@@ -28,13 +28,19 @@ def base(request):
     return request.getfixturevalue(request.param)
 
 
-def random_heads(base, kind: str, seed: int = 1, **overrides):
-    """Heads with random (not identity) weights, so every block and projection matters."""
+def random_heads(base, kind: str, seed: int = 1, draft_vocab_size: int = 0, **overrides):
+    """Heads with random (not identity) weights, so every block and projection matters.
+    With draft_vocab_size, they draft from a random token subset of that size."""
+    import dataclasses
+
     torch.manual_seed(seed)
-    heads = build_heads(heads_config_for(kind, base.config, **overrides), base.config)
+    config = dataclasses.replace(heads_config_for(kind, base.config, **overrides), draft_vocab_size=draft_vocab_size)
+    heads = build_heads(config, base.config)
     with torch.no_grad():
         for parameter in heads.parameters():
             parameter.normal_(std=0.2)
+        if draft_vocab_size:
+            heads.draft_vocab.copy_(torch.randperm(base.config.vocab_size)[:draft_vocab_size])
     return heads
 
 
@@ -62,11 +68,12 @@ def artifacts(tmp_path_factory, model_dirs):
 
     built = {}
 
-    def get(model: str, kind: str, tree: str = "tree16", max_seq_len: int = 256, sampling: bool = False):
-        key = (model, kind, tree, max_seq_len, sampling)
+    def get(model: str, kind: str, tree: str = "tree16", max_seq_len: int = 256, sampling: bool = False,
+            draft_vocab_size: int = 0):
+        key = (model, kind, tree, max_seq_len, sampling, draft_vocab_size)
         if key not in built:
             base = load_base_model(model_dirs[model])
-            heads = random_heads(base, kind)
+            heads = random_heads(base, kind, draft_vocab_size=draft_vocab_size)
             root = tmp_path_factory.mktemp("artifact")
             save_heads(heads, root / "heads")
             options = BuildOptions(tree_name=tree, max_seq_len=max_seq_len, sampling=sampling)

@@ -29,6 +29,9 @@ class OracleHeads(DraftHeads):
     def context(self, hidden, position_ids, cache):
         return position_ids[..., None].to(hidden.dtype).expand_as(hidden)
 
+    def draft_candidates(self, k, context, path_tokens, base, top_k):
+        return torch.topk(self.draft_logits(k, context, path_tokens, base), top_k, dim=-1).indices
+
     def draft_logits(self, k, context, path_tokens, base):
         t = int(context[0, 0])
         logits = torch.rand(context.shape[0], self.vocab_size, generator=torch.Generator().manual_seed(t + 7 * k))

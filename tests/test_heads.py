@@ -192,3 +192,16 @@ def test_medusa_reference_checkpoint(tmp_path, llama):
     h = h + silu(h @ shared["w"].T + shared["b"])
     got = heads.draft_logits(1, x, torch.tensor([[1, 2]]), projections(llama))
     torch.testing.assert_close(got, h @ state["1.2.weight"].T, atol=1e-5, rtol=1e-5)
+
+
+def test_draft_candidates_come_from_the_draft_vocabulary(tmp_path, llama):
+    heads = random_heads(llama, "hydra", draft_vocab_size=16)
+    context, path = torch.randn(3, 64), torch.randint(0, 128, (3, 2))
+    candidates = heads.draft_candidates(1, context, path, projections(llama), top_k=4)
+    # Written out: the full-vocabulary logits restricted to the subset, best first.
+    full = heads.draft_logits(1, context, path, projections(llama))[:, heads.draft_vocab]
+    expected = heads.draft_vocab[full.topk(4, dim=-1).indices]
+    assert torch.equal(candidates, expected)
+    save_heads(heads, tmp_path / "heads", dtype=torch.float16)
+    loaded = load_heads(tmp_path / "heads", llama.config)
+    assert torch.equal(loaded.draft_vocab, heads.draft_vocab) and loaded.draft_vocab.dtype == torch.int64

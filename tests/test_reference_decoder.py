@@ -38,6 +38,17 @@ def test_greedy_speculation_equals_autoregressive(base, kind, tree_name):
         assert sum(result.accepted_lengths) + 1 >= len(result.tokens)
 
 
+@pytest.mark.parametrize("kind", ["medusa", "hydra++"])
+def test_draft_vocabulary_heads_stay_lossless(base, kind):
+    heads = random_heads(base, kind, draft_vocab_size=40)
+    decoder = ReferenceDecoder(base, heads, TreeBuffers.from_name("mc_sim_7b_63"))
+    allowed = set(heads.draft_vocab.tolist())
+    drafted = decoder.draft(7, torch.randn(base.config.hidden_size))
+    assert set(drafted[1:].tolist()) <= allowed
+    for prompt in random_prompts(3, seed=21):
+        assert decoder.generate(prompt, 30).tokens == autoregressive(base, prompt, 30)
+
+
 @pytest.mark.parametrize("tree_name", ["chain4", "tree8", "mc_sim_7b_63"])
 def test_oracle_heads_accept_full_depth_and_stay_exact(base, tree_name):
     tree = TreeBuffers.from_name(tree_name)

@@ -28,12 +28,13 @@ def prompts(count, seed):
     return [[rng.randrange(3, 128) for _ in range(rng.randrange(1, 30))] for _ in range(count)]
 
 
-CASES = [("llama", "medusa"), ("llama", "hydra"), ("llama", "hydra++"), ("qwen2", "hydra"), ("qwen2", "hydra++")]
+CASES = [("llama", "medusa", 0), ("llama", "hydra", 0), ("llama", "hydra++", 0), ("qwen2", "hydra", 0),
+         ("qwen2", "hydra++", 0), ("llama", "hydra++", 40)]
 
 
-@pytest.mark.parametrize("model, kind", CASES)
-def test_graphs_match_pytorch_and_output_is_lossless(artifacts, model_dirs, model, kind):
-    artifact = artifacts(model, kind)
+@pytest.mark.parametrize("model, kind, draft_vocab_size", CASES)
+def test_graphs_match_pytorch_and_output_is_lossless(artifacts, model_dirs, model, kind, draft_vocab_size):
+    artifact = artifacts(model, kind, draft_vocab_size=draft_vocab_size)
     report = verify_artifact(artifact, model=str(model_dirs[model]))
     assert report.comparisons and all(c.max_abs_error < 1e-4 for c in report.comparisons)
     assert all(c.exact for c in report.comparisons if c.exact is not None)

@@ -63,10 +63,9 @@ class ReferenceDecoder:
         for plan in tree.depth_plans:
             parents = len(plan.parent_nodes)
             path = tokens[torch.tensor(tree.ancestors[plan.parent_nodes, : plan.depth])]  # [P, depth]
-            logits = self.heads.draft_logits(
-                plan.depth - 1, context.expand(parents, -1), path, self.projections
-            )  # [P, V]
-            top = logits.topk(plan.top_k, dim=-1).indices  # [P, top_k]
+            top = self.heads.draft_candidates(
+                plan.depth - 1, context.expand(parents, -1), path, self.projections, plan.top_k
+            )  # [P, top_k]
             tokens[plan.child_start : plan.child_stop] = top[torch.tensor(plan.child_parent_slot), torch.tensor(plan.child_rank)]
         return tokens
 

@@ -77,8 +77,9 @@ class TreeDrafter(nn.Module):
         for depth, top_k, path_name, pick_name in self.plans:
             path_tokens = tokens[getattr(self, path_name)]  # [n_parents, depth]
             parents = path_tokens.shape[0]
-            logits = self.heads.draft_logits(depth - 1, context.expand(parents, -1), path_tokens, self.projections)
-            top = torch.topk(logits, top_k, dim=-1).indices  # [n_parents, top_k]
+            top = self.heads.draft_candidates(
+                depth - 1, context.expand(parents, -1), path_tokens, self.projections, top_k
+            )  # [n_parents, top_k]
             tokens = torch.cat([tokens, top.reshape(-1)[getattr(self, pick_name)]])
         return tokens
 

@@ -19,6 +19,10 @@ class HeadsConfig:
     # i.e. one module used n times. True reproduces that deliberately so their checkpoints load.
     shared_blocks: bool = False
     dropout: float = 0.0  # training only
+    # > 0: heads draft only among this many tokens (those they were trained on, stored as the
+    # `draft_vocab` buffer). Drafting then projects onto a slice of the LM head, which is most
+    # of a draft's cost; verification still uses the whole vocabulary, so output is unchanged.
+    draft_vocab_size: int = 0
     base_model: str = ""  # identity of the base model the heads were trained for
 
     def to_dict(self) -> dict:

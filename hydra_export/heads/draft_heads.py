@@ -47,6 +47,10 @@ class DraftHeads(nn.Module):
             else None
         )
         self.dropout = nn.Dropout(config.dropout)
+        if config.draft_vocab_size > 0:
+            self.register_buffer("draft_vocab", torch.arange(config.draft_vocab_size))  # [V'] token ids
+        else:
+            self.draft_vocab = None
 
     def head_input_width(self, k: int) -> int:
         hidden = self.config.hidden_size
@@ -91,6 +95,18 @@ class DraftHeads(nn.Module):
     def draft_logits(
         self, k: int, context: torch.Tensor, path_tokens: torch.Tensor, base: BaseProjections
     ) -> torch.Tensor:
-        """Logits of head k. context [B, H]; path_tokens [B, k+1] (root first) -> [B, V]."""
+        """Logits of head k over the whole vocabulary. context [B, H]; path_tokens [B, k+1] (root first) -> [B, V]."""
         path_embeds = base.embed_tokens(path_tokens)  # [B, k+1, H]
         return self.project(k, self.head_hidden(k, context, path_embeds), base)
+
+    def draft_candidates(
+        self, k: int, context: torch.Tensor, path_tokens: torch.Tensor, base: BaseProjections, top_k: int
+    ) -> torch.Tensor:
+        """Head k's top_k token ids, best first: [B, top_k]. Only the draft vocabulary is scored, if any."""
+        if self.draft_vocab is None:
+            return torch.topk(self.draft_logits(k, context, path_tokens, base), top_k, dim=-1).indices
+        hidden = self.head_hidden(k, context, base.embed_tokens(path_tokens))  # [B, H]
+        lm_head = self.lm_heads[k] if self.lm_heads is not None else base.lm_head
+        bias = lm_head.bias[self.draft_vocab] if lm_head.bias is not None else None
+        logits = nn.functional.linear(hidden, lm_head.weight[self.draft_vocab], bias)  # [B, V']
+        return self.draft_vocab[torch.topk(logits, top_k, dim=-1).indices]

@@ -8,6 +8,7 @@ checkpoints, and final fp16 heads in the native format.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -65,6 +66,8 @@ class Trainer:
         self.projections = BaseProjections(self.base.embed_tokens, self.base.lm_head)
         config = heads_config_for(recipe.kind, self.base.config, num_heads=recipe.num_heads,
                                   num_layers=recipe.num_layers, base_model=recipe.model, dropout=recipe.dropout)
+        # Heads trained on a vocabulary subset also draft from it (see HeadsConfig.draft_vocab_size).
+        config = dataclasses.replace(config, draft_vocab_size=recipe.vocab_subset)
         self.heads: DraftHeads = build_heads(config, self.base.config)
         self.cache_dir = recipe.cache_path
         self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -149,6 +152,7 @@ class Trainer:
         vocab = vocab_index = None
         if recipe.vocab_subset > 0:
             vocab, vocab_index = frequent_vocab(cache, recipe.vocab_subset, self.base.config.vocab_size)
+            self.heads.draft_vocab.copy_(vocab)
         parameters = [p for p in self.heads.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(parameters, lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
         steps_per_epoch = math.ceil(len(train_ids) / recipe.batch_size)
