@@ -128,7 +128,7 @@ def _manifest(base, heads, tree, options, specs, models, staging: Path) -> dict:
     import transformers
 
     files = sorted(p for p in staging.rglob("*") if p.is_file())
-    decoder_spec = specs[1].module.decoder
+    decoder_spec = next(spec for spec in specs if spec.name == "step").module.decoder
     return {
         "format_version": FORMAT_VERSION,
         "target": options.target,

@@ -35,10 +35,6 @@ class DecodeStats:
         total = self.prefill_seconds + self.decode_seconds
         return self.new_tokens / total if total > 0 else 0.0
 
-    @property
-    def decode_tokens_per_second(self) -> float:
-        return (self.new_tokens - 1) / self.decode_seconds if self.decode_seconds > 0 else 0.0
-
     def as_dict(self) -> dict:
         return {
             "prompt_tokens": self.prompt_tokens,

@@ -180,3 +180,26 @@ def test_runtime_never_imports_torch(artifacts):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ok")
+
+
+def test_half_precision_artifacts(tmp_path, model_dirs):
+    """fp16 graphs run on ONNX Runtime CPU; bf16 graphs (for GPUs) are valid ONNX with bf16 K/V."""
+    import onnx
+
+    from hydra_export.artifact_builder import BuildOptions, build_artifact
+    from hydra_runtime import TreeBuffers
+    from conftest import random_heads
+
+    base = load_base_model(model_dirs["llama"])
+    heads = random_heads(base, "hydra++")
+    for dtype, kv_dtype in (("fp16", "float16"), ("bf16", "bfloat16")):
+        out = build_artifact(base, heads, TreeBuffers.from_name("tree8"), tmp_path / dtype,
+                             BuildOptions("tree8", dtype=dtype, max_seq_len=128, sampling=False))
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["kv_cache"]["dtype"] == kv_dtype
+        step_inputs = {i["name"]: i["dtype"] for i in manifest["graphs"]["step"]["inputs"]}
+        assert step_inputs["past_key_values.0.key"] == kv_dtype
+        onnx.checker.check_model(str(out / "step.onnx"))
+    assert base.model.dtype == torch.float32  # the caller's model is left as it was
+    ids, _ = Generator.load(tmp_path / "fp16").generate_ids([5, 6, 7], 12)
+    assert len(ids) == 12

@@ -103,10 +103,11 @@ class DraftHeads(nn.Module):
         self, k: int, context: torch.Tensor, path_tokens: torch.Tensor, base: BaseProjections, top_k: int
     ) -> torch.Tensor:
         """Head k's top_k token ids, best first: [B, top_k]. Only the draft vocabulary is scored, if any."""
+        # TopK on float32: ONNX's TopK has no bfloat16 kernel type, and the slice is small.
         if self.draft_vocab is None:
-            return torch.topk(self.draft_logits(k, context, path_tokens, base), top_k, dim=-1).indices
+            return torch.topk(self.draft_logits(k, context, path_tokens, base).float(), top_k, dim=-1).indices
         hidden = self.head_hidden(k, context, base.embed_tokens(path_tokens))  # [B, H]
         lm_head = self.lm_heads[k] if self.lm_heads is not None else base.lm_head
         bias = lm_head.bias[self.draft_vocab] if lm_head.bias is not None else None
         logits = nn.functional.linear(hidden, lm_head.weight[self.draft_vocab], bias)  # [B, V']
-        return self.draft_vocab[torch.topk(logits, top_k, dim=-1).indices]
+        return self.draft_vocab[torch.topk(logits.float(), top_k, dim=-1).indices]
