@@ -26,6 +26,7 @@ from ..heads import BaseProjections, DraftHeads, build_heads, heads_config_for
 from ..heads.checkpoint import load_native_heads, save_heads
 from .dataset import HiddenStateCache, build_sequences
 from .losses import HEAD_LOSS_DECAY, head_inputs, head_logits, head_loss, truth_rank_counts
+from ..errors import HydraExportError
 from .recipe import TrainRecipe
 
 PROBE_TREE = "tree16"
@@ -201,7 +202,13 @@ class Trainer:
 
     def _load_checkpoint(self, optimizer, scheduler) -> tuple[int, int]:
         loaded = load_native_heads(self.checkpoint_dir / "heads", self.base.config)
-        self.heads.load_state_dict(loaded.state_dict())
+        # The draft vocabulary is derived from the data (set again in train()), not learned.
+        missing, unexpected = self.heads.load_state_dict(loaded.state_dict(), strict=False)
+        if unexpected or set(missing) - {"draft_vocab"}:
+            raise HydraExportError(
+                f"checkpoint {self.checkpoint_dir} does not match the recipe's heads (missing {missing}, "
+                f"unexpected {unexpected}); delete it or restore the recipe it was made with"
+            )
         state = torch.load(self.checkpoint_dir / "state.pt", weights_only=False)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
