@@ -31,10 +31,6 @@ class GraphEntry:
     inputs: list[dict]  # {"name", "dtype", "shape"}; symbolic dims are strings
     outputs: list[dict]
 
-    @property
-    def input_names(self) -> tuple[str, ...]:
-        return tuple(entry["name"] for entry in self.inputs)
-
 
 @dataclass(frozen=True)
 class Manifest:
