@@ -11,7 +11,7 @@ import torch
 
 from hydra_runtime.generator import Generator
 from hydra_runtime.manifest import Manifest
-from hydra_runtime.onnx_engine import OnnxEngine
+from hydra_runtime.onnx_engine import LazyEngines
 from hydra_runtime.sampling import SamplingConfig
 from hydra_runtime.tree import TreeBuffers
 
@@ -90,17 +90,18 @@ def verify_artifact(
              for spec in build_graph_specs(base, heads, tree, manifest.max_seq_len, dtype, sampling=sampling)}
 
     report_stage("compare every graph with ONNX Runtime")
-    generator = Generator.load(artifact_dir, verify_checksums=False)
+    generator = Generator.load(artifact_dir, backend="cpu", verify_checksums=False)
+    engines = LazyEngines(artifact_dir, {name: entry.file for name, entry in manifest.graphs.items()})
     prompt_ids = generator.encode(SAMPLE_PROMPT)[: manifest.max_seq_len // 2]
     for suffix, controls in (("", {}), ("_sample", SamplingConfig(temperature=0.8).engine_feeds(0.6))):
         if "prefill" + suffix not in specs:
             continue
         prefill_feeds = {"input_ids": np.asarray(prompt_ids, dtype=np.int64), **controls}
         torch_prefill = TorchEngine(specs["prefill" + suffix]).run(prefill_feeds)
-        onnx_prefill = generator.engines["prefill" + suffix].run(prefill_feeds)
+        onnx_prefill = engines["prefill" + suffix].run(prefill_feeds)
         report.comparisons += _compare("prefill" + suffix, onnx_prefill, torch_prefill)
         for name in ("step" + suffix, "decode" + suffix):
-            engine: OnnxEngine = generator.engines[name]
+            engine = engines[name]
             past = {key.replace("present.", "past_key_values."): value
                     for key, value in torch_prefill.items() if key.startswith("present.")}
             feeds = {key: value for key, value in past.items() if key in engine.input_names} | controls

@@ -31,6 +31,7 @@ ModelOption = Annotated[
 ]
 MaxNewTokens = Annotated[int, typer.Option("--max-new-tokens", "-n", min=1, help="Tokens to generate at most.")]
 Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="Engine threads (default: all cores).")]
+Backend = Annotated[str, typer.Option(help="auto | cpu | cuda (ONNX Runtime) | tensorrt; auto: the fastest here.")]
 
 
 def friendly_errors(command):
@@ -284,12 +285,12 @@ def generate(
     seed: Annotated[int, typer.Option(help="Seed of the sampler (temperature > 0).")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of streaming.")] = False,
     threads: Threads = None,
-    provider: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    backend: Backend = "auto",
 ):
     """Generate from an artifact, streaming text to the terminal."""
     from hydra_runtime.generator import Generator
 
-    generator = Generator.load(artifact, provider=provider, threads=threads)
+    generator = Generator.load(artifact, backend=backend, threads=threads)
     if as_json:
         out = generator.generate(prompt, max_new_tokens=max_new_tokens, mode=mode, temperature=temperature, seed=seed)
         stdout.print_json(json.dumps({"text": out.text, "token_ids": out.token_ids, "stats": out.stats.as_dict()}))
@@ -315,6 +316,7 @@ def bench(
     modes: Annotated[str, typer.Option(help="Comma-separated: hydra,autoregressive (both: speed and "
                                        "losslessness; hydra alone: acceptance only).")] = "hydra,autoregressive",
     threads: Threads = None,
+    backend: Backend = "auto",
 ):
     """Hydra vs autoregressive decoding on the same engines, interleaved per prompt; prints JSON."""
     from hydra_runtime.generator import Generator
@@ -325,7 +327,7 @@ def bench(
     if not mode_list or set(mode_list) - {"hydra", "autoregressive"} or "hydra" not in mode_list:
         raise HydraExportError(f"--modes must be 'hydra' or 'hydra,autoregressive', got {modes!r}")
     conversations = read_prompts(prompts, limit, turns)
-    generator = Generator.load(artifact, threads=threads)
+    generator = Generator.load(artifact, backend=backend, threads=threads)
     baseline = TransformersBaseline(generator.manifest.data["base_model"]["name"]) if transformers_baseline else None
     with stage_progress() as progress:
         task = progress.add_task("benchmark", total=len(conversations))
@@ -333,6 +335,7 @@ def bench(
                                advance=lambda: progress.update(task, advance=1), modes=mode_list)
     report["config"] = {"artifact": str(artifact), "prompts": str(prompts), "limit": limit, "turns": turns,
                         "max_new_tokens": max_new_tokens, "threads": threads,
+                        "backend": generator.backend.name,
                         "tree": generator.manifest.data["tree"]["name"],
                         "heads": generator.manifest.data["heads"]["kind"]}
     if json_out:

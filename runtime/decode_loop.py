@@ -1,7 +1,8 @@
-"""The draft-verify-accept loop over engines (and the autoregressive baseline).
+"""The draft-verify-accept loop over a backend's graphs (and the autoregressive baseline).
 
-Per step the fused step engine verifies the current tree, accepts, and drafts the next
-tree; the host only copies the accepted K/V rows and emits tokens.
+Per step the fused step graph verifies the current tree, accepts, and drafts the next
+tree; its K/V rows land in the backend's resident cache, and the host only keeps the
+accepted count of them and emits tokens.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .engine import Engine
-from .kv_buffers import KVBuffers
+from .decode_backend import DecodeBackend
 
 
 @dataclass
@@ -65,28 +65,33 @@ class StopRule:
         return ""
 
 
+@dataclass(frozen=True)
+class GraphNames:
+    prefill: str
+    step: str | None  # None: autoregressive
+    fallback: str  # the one-node step
+
+
 def decode(
-    prefill: Engine,
-    step: Engine | None,
-    fallback: Engine,
-    kv: KVBuffers,
+    backend: DecodeBackend,
+    graphs: GraphNames,
     prompt_ids: list[int],
     stop: StopRule,
     tree_size: int,
     on_tokens: Callable[[list[int]], None] = lambda tokens: None,
     controls: Callable[[], dict[str, np.ndarray]] = dict,
 ) -> tuple[list[int], DecodeStats]:
-    """Generate after ``prompt_ids``. ``step`` None means autoregressive (``fallback`` only).
+    """Generate after ``prompt_ids``. ``graphs.step`` None means autoregressive.
 
     The fallback (the one-node autoregressive step) also finishes speculative runs once
     a whole tree no longer fits in the context. ``controls()`` gives the extra scalar
-    inputs of every engine call (sampling settings and a fresh random number), if any.
+    inputs of every graph call (sampling settings and a fresh random number), if any.
     """
     stats = DecodeStats(prompt_tokens=len(prompt_ids))
     start = time.perf_counter()
-    out = prefill.run({"input_ids": np.asarray(prompt_ids, dtype=np.int64), **controls()})
-    kv.reset()
-    kv.append(out, len(prompt_ids))
+    backend.reset()
+    out = backend.run(graphs.prefill, {"input_ids": np.asarray(prompt_ids, dtype=np.int64), **controls()})
+    backend.commit(len(prompt_ids))
     tree = out["tree_tokens"]
     stats.prefill_seconds = time.perf_counter() - start
 
@@ -107,16 +112,14 @@ def decode(
     start = time.perf_counter()
     done = emit(tree[:1])
     while not done:
-        speculative = step is not None and kv.length + tree_size <= stop.max_seq_len
-        engine = step if speculative else fallback
-        feeds = kv.feeds(engine.input_names) | controls()
-        feeds["tree_tokens"] = tree if speculative else tree[:1]
-        out = engine.run(feeds)
+        speculative = graphs.step is not None and backend.length + tree_size <= stop.max_seq_len
+        tree_tokens = tree if speculative else tree[:1]
+        out = backend.run(graphs.step if speculative else graphs.fallback, {"tree_tokens": tree_tokens, **controls()})
         count = int(out["accepted_count"])
         nodes = out["accepted_nodes"][:count]
-        kv.append(out, count)
+        backend.commit(count)
         stats.steps += 1
-        emitted = [*feeds["tree_tokens"][nodes[1:]], out["next_tree_tokens"][0]]
+        emitted = [*tree_tokens[nodes[1:]], out["next_tree_tokens"][0]]
         if speculative:
             stats.accepted_lengths.append(len(emitted))
         tree = out["next_tree_tokens"]

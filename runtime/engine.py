@@ -14,9 +14,14 @@ class Engine(Protocol):
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
+PAST_PREFIX = "past_key_values."
+PRESENT_PREFIX = "present."
+PAST_SEQUENCE = "past_sequence"  # the symbolic dim (dim 1) of every past_key_values.* input
+
+
 def past_key_name(layer: int, part: str) -> str:
-    return f"past_key_values.{layer}.{part}"
+    return f"{PAST_PREFIX}{layer}.{part}"
 
 
 def present_name(layer: int, part: str) -> str:
-    return f"present.{layer}.{part}"
+    return f"{PRESENT_PREFIX}{layer}.{part}"

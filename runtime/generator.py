@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .backend_choice import open_backend
 from .chat_tokenizer import ChatTokenizer
-from .decode_loop import DecodeStats, StopRule, decode
+from .decode_backend import DecodeBackend
+from .decode_loop import DecodeStats, GraphNames, StopRule, decode
 from .errors import GenerationInputError
-from .kv_buffers import KVBuffers
 from .manifest import Manifest
-from .onnx_engine import LazyEngines
 from .sampling import SamplingConfig
 from .text_stream import TextStream
 from .tree import TreeBuffers
@@ -29,28 +29,23 @@ class GenerationOutput:
 
 
 class Generator:
-    def __init__(self, manifest: Manifest, tokenizer: ChatTokenizer, engines: LazyEngines, kv: KVBuffers):
+    def __init__(self, manifest: Manifest, tokenizer: ChatTokenizer, backend: DecodeBackend):
         self.manifest = manifest
         self.tokenizer = tokenizer
-        self.engines = engines  # "prefill" | "step" | "decode" -> Engine
-        self.kv = kv
+        self.backend = backend  # runs the "prefill" | "step" | "decode" graphs (+ "_sample" variants)
         self.tree_size = len(manifest.tree_choices) + 1
 
     @classmethod
     def load(
-        cls, artifact_dir: str | Path, provider: str = "cpu", threads: int | None = None, verify_checksums: bool = True
+        cls, artifact_dir: str | Path, backend: str = "auto", threads: int | None = None, verify_checksums: bool = True
     ) -> Generator:
+        """``backend``: auto | cpu | cuda (ONNX Runtime) | tensorrt; auto picks the fastest this machine has."""
         artifact_dir = Path(artifact_dir)
         manifest = Manifest.read(artifact_dir, verify_checksums=verify_checksums)
         TreeBuffers.from_choices(manifest.tree_choices)  # a malformed tree is refused here, named
-        engines = LazyEngines(artifact_dir, {name: entry.file for name, entry in manifest.graphs.items()},
-                              provider=provider, threads=threads)
-        engines["prefill"]  # fail now, not at the first prompt, if the engine runtime cannot load the graphs
-        kv_spec = manifest.kv
-        kv = KVBuffers(
-            kv_spec["num_layers"], manifest.max_seq_len, kv_spec["kv_heads"], kv_spec["head_dim"], np.dtype(kv_spec["dtype"])
-        )
-        return cls(manifest, ChatTokenizer.from_dir(artifact_dir), engines, kv)
+        runner = open_backend(artifact_dir, manifest, backend, threads)
+        runner.warm_up("prefill")  # fail now, not at the first prompt, if the engine runtime cannot load it
+        return cls(manifest, ChatTokenizer.from_dir(artifact_dir), runner)
 
     def encode(self, prompt_or_messages) -> list[int]:
         return self.tokenizer.encode_prompt(prompt_or_messages)
@@ -63,7 +58,7 @@ class Generator:
             raise GenerationInputError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         sampling = sampling or SamplingConfig(temperature=temperature)
         suffix = "" if sampling.greedy else "_sample"
-        if "prefill" + suffix not in self.engines:
+        if "prefill" + suffix not in self.manifest.graphs:
             raise GenerationInputError(
                 "this artifact was built without sampling graphs, so it decodes greedily only (temperature=0); "
                 "rebuild it with `hydra-export build --sampling` to sample"
@@ -77,11 +72,10 @@ class Generator:
                 f"(its maximum sequence length is {limit}). Shorten the prompt or rebuild with a larger --max-seq-len"
             )
         stop = StopRule(max_new_tokens, frozenset(self.manifest.eos_token_ids), limit, len(prompt_ids))
-        step = self.engines["step" + suffix] if mode == "hydra" else None
+        graphs = GraphNames("prefill" + suffix, "step" + suffix if mode == "hydra" else None, "decode" + suffix)
         rng = np.random.default_rng(seed)
         controls = dict if sampling.greedy else (lambda: sampling.engine_feeds(rng.random()))
-        return decode(self.engines["prefill" + suffix], step, self.engines["decode" + suffix], self.kv, prompt_ids,
-                      stop, self.tree_size, on_tokens, controls)
+        return decode(self.backend, graphs, prompt_ids, stop, self.tree_size, on_tokens, controls)
 
     def generate(self, prompt_or_messages, max_new_tokens: int = 256, mode: str = "hydra",
                  temperature: float = 0.0, seed: int = 0) -> GenerationOutput:

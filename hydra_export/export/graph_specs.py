@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hydra_runtime.engine import past_key_name, present_name
+from hydra_runtime.engine import PAST_SEQUENCE, past_key_name, present_name
 from hydra_runtime.tree import TreeBuffers
 
 from ..base_model import BaseModel
@@ -62,7 +62,7 @@ def _graph_family(base, decoder: FlatDecoder, heads: DraftHeads, tree: TreeBuffe
         return tuple(torch.randn(kv_shape, dtype=dtype) for _ in range(2 * layers))
 
     def past_dims(layers):
-        return {name: {1: "past_sequence"} for name in kv_names(past_key_name, layers)}
+        return {name: {1: PAST_SEQUENCE} for name in kv_names(past_key_name, layers)}
 
     prefill = GraphSpec(
         name="prefill" + suffix,
