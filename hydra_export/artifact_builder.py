@@ -24,10 +24,11 @@ from .base_model import BaseModel
 from .errors import HydraExportError
 from .heads import DraftHeads
 from .heads.checkpoint import save_heads
+from .tensorrt_build import TensorRTOptions
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 NUMPY_DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-TARGETS = ("onnx",)
+TARGETS = ("onnx", "tensorrt")
 HEADS_SUBDIR = "heads"
 
 
@@ -39,6 +40,7 @@ class BuildOptions:
     target: str = "onnx"
     force: bool = False
     sampling: bool = True  # also build the *_sample graphs (temperature > 0)
+    tensorrt: TensorRTOptions = TensorRTOptions()  # used by target "tensorrt"
 
 
 def build_artifact(
@@ -72,7 +74,13 @@ def build_artifact(
             raise HydraExportError("the base model has no tokenizer files; an artifact needs tokenizer.json")
         base.tokenizer.save_pretrained(staging)
         save_heads(heads, staging / HEADS_SUBDIR)
-        manifest = _manifest(base, heads, tree, options, specs, models, staging)
+        manifest = _manifest(base, heads, tree, options, specs, models)
+        if options.target == "tensorrt":
+            from .tensorrt_build import build_plans
+
+            manifest["tensorrt"] = build_plans(staging, manifest, options.tensorrt, report)
+        manifest["files"] = {str(p.relative_to(staging)): sha256_of(p)
+                             for p in sorted(staging.rglob("*")) if p.is_file()}
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -90,6 +98,10 @@ def _check_options(base, heads, tree, out_dir: Path, options: BuildOptions) -> N
         raise HydraExportError(f"unknown dtype {options.dtype!r}; choose one of {', '.join(DTYPES)}")
     if options.target not in TARGETS:
         raise HydraExportError(f"unknown target {options.target!r}; choose one of {', '.join(TARGETS)}")
+    if options.target == "tensorrt":
+        from .tensorrt_build import check_tensorrt_available
+
+        check_tensorrt_available()
     if not 2 <= options.max_seq_len <= base.max_seq_len:
         raise HydraExportError(
             f"--max-seq-len {options.max_seq_len} is outside 2..{base.max_seq_len} (the model's context length)"
@@ -122,12 +134,12 @@ def _eos_token_ids(base: BaseModel) -> list[int]:
     return sorted(ids)
 
 
-def _manifest(base, heads, tree, options, specs, models, staging: Path) -> dict:
+def _manifest(base, heads, tree, options, specs, models) -> dict:
+    """Everything but the files' checksums, which come last."""
     import onnx
     import onnxscript
     import transformers
 
-    files = sorted(p for p in staging.rglob("*") if p.is_file())
     decoder_spec = next(spec for spec in specs if spec.name == "step").module.decoder
     return {
         "format_version": FORMAT_VERSION,
@@ -161,7 +173,6 @@ def _manifest(base, heads, tree, options, specs, models, staging: Path) -> dict:
             }
             for name, model in models.items()
         },
-        "files": {str(p.relative_to(staging)): sha256_of(p) for p in files},
         "toolchain": {
             "hydra_export": __version__,
             "torch": torch.__version__,

@@ -1,5 +1,7 @@
 """`hydra-export verify`: every graph in ONNX Runtime against its PyTorch module, then an
-end-to-end greedy run of the runtime against the PyTorch reference decoder."""
+end-to-end greedy run of the runtime against the PyTorch reference decoder. Artifacts with
+TensorRT plans also get each plan against ONNX Runtime (Polygraphy) and Hydra decoding on
+the plans against autoregressive decoding on them."""
 
 from __future__ import annotations
 
@@ -20,18 +22,10 @@ from .base_model import load_base_model
 from .decoding.reference_decoder import ReferenceDecoder
 from .export.graph_specs import TorchEngine, build_graph_specs
 from .heads.reference_formats import load_heads
+from .output_comparison import OutputComparison, compare_outputs
 
 DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 1e-1}
 SAMPLE_PROMPT = "Explain in two sentences why the sky is blue."
-
-
-@dataclass
-class OutputComparison:
-    graph: str
-    output: str
-    max_abs_error: float
-    max_rel_error: float
-    exact: bool | None  # integer outputs: identical or not; None for float outputs
 
 
 @dataclass
@@ -40,31 +34,20 @@ class VerifyReport:
     runtime_tokens: list[int] = field(default_factory=list)
     reference_tokens: list[int] = field(default_factory=list)
     tolerance: float = 0.0
+    polygraphy_passed: bool = True  # TensorRT vs ONNX Runtime, by Polygraphy's own comparison
+    tensorrt_tokens: dict[str, list[int]] = field(default_factory=dict)  # mode -> tokens, on the plans
 
     @property
     def lossless(self) -> bool:
-        return self.runtime_tokens == self.reference_tokens
+        tensorrt = self.tensorrt_tokens.get("hydra") == self.tensorrt_tokens.get("autoregressive")
+        return self.runtime_tokens == self.reference_tokens and tensorrt
 
     @property
     def passed(self) -> bool:
         numeric = all(
             (c.exact if c.exact is not None else c.max_abs_error <= self.tolerance) for c in self.comparisons
         )
-        return numeric and self.lossless
-
-
-def _compare(graph: str, ours: dict, theirs: dict) -> list[OutputComparison]:
-    rows = []
-    for name, expected in theirs.items():
-        got = ours[name]
-        if np.issubdtype(expected.dtype, np.integer):
-            rows.append(OutputComparison(graph, name, 0.0, 0.0, bool(np.array_equal(got, expected))))
-            continue
-        expected64, got64 = expected.astype(np.float64), got.astype(np.float64)
-        error = np.abs(got64 - expected64)
-        relative = error / np.maximum(np.abs(expected64), 1e-6)
-        rows.append(OutputComparison(graph, name, float(error.max(initial=0)), float(relative.max(initial=0)), None))
-    return rows
+        return numeric and self.polygraphy_passed and self.lossless
 
 
 @torch.no_grad()
@@ -93,13 +76,15 @@ def verify_artifact(
     generator = Generator.load(artifact_dir, backend="cpu", verify_checksums=False)
     engines = LazyEngines(artifact_dir, {name: entry.file for name, entry in manifest.graphs.items()})
     prompt_ids = generator.encode(SAMPLE_PROMPT)[: manifest.max_seq_len // 2]
+    feeds_by_graph = {}
     for suffix, controls in (("", {}), ("_sample", SamplingConfig(temperature=0.8).engine_feeds(0.6))):
         if "prefill" + suffix not in specs:
             continue
         prefill_feeds = {"input_ids": np.asarray(prompt_ids, dtype=np.int64), **controls}
         torch_prefill = TorchEngine(specs["prefill" + suffix]).run(prefill_feeds)
         onnx_prefill = engines["prefill" + suffix].run(prefill_feeds)
-        report.comparisons += _compare("prefill" + suffix, onnx_prefill, torch_prefill)
+        report.comparisons += compare_outputs("prefill" + suffix, onnx_prefill, torch_prefill)
+        feeds_by_graph["prefill" + suffix] = prefill_feeds
         for name in ("step" + suffix, "decode" + suffix):
             engine = engines[name]
             past = {key.replace("present.", "past_key_values."): value
@@ -107,7 +92,17 @@ def verify_artifact(
             feeds = {key: value for key, value in past.items() if key in engine.input_names} | controls
             tokens = torch_prefill["tree_tokens"]
             feeds["tree_tokens"] = tokens if name.startswith("step") else tokens[:1]
-            report.comparisons += _compare(name, engine.run(feeds), TorchEngine(specs[name]).run(feeds))
+            report.comparisons += compare_outputs(name, engine.run(feeds), TorchEngine(specs[name]).run(feeds))
+            feeds_by_graph[name] = feeds
+
+    if "tensorrt" in manifest.data:
+        from .tensorrt_verifier import compare_plans, hydra_and_autoregressive_tokens
+
+        report_stage("compare every TensorRT plan with ONNX Runtime (Polygraphy)")
+        rows, report.polygraphy_passed = compare_plans(artifact_dir, manifest, feeds_by_graph, report.tolerance)
+        report.comparisons += rows
+        hydra, autoregressive = hydra_and_autoregressive_tokens(artifact_dir, prompt_ids, max_new_tokens)
+        report.tensorrt_tokens = {"hydra": hydra, "autoregressive": autoregressive}
 
     report_stage("end-to-end greedy generation: runtime vs PyTorch reference")
     report.runtime_tokens, _ = generator.generate_ids(prompt_ids, max_new_tokens)

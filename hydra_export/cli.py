@@ -84,11 +84,16 @@ def build(
                                                   "Default: the shipped heads for the default model.")] = None,
     tree: Annotated[Optional[str], typer.Option(help="Tree preset name or JSON file of choices. Default: the "
                                                 "heads' own tree.json (grown by tree-search) if any, else tree16.")] = None,
-    target: Annotated[str, typer.Option(help="onnx (TensorRT has its own target).")] = "onnx",
-    dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16 (fp16/bf16 for GPUs).")] = "fp32",
+    target: Annotated[str, typer.Option(help="onnx | tensorrt (ONNX graphs plus TensorRT plans; needs a GPU).")] = "onnx",
+    dtype: Annotated[Optional[str], typer.Option(help="fp32 | fp16 | bf16. Default: fp32 for onnx, "
+                                                 "fp16 for tensorrt (its networks take the graphs' types).")] = None,
     max_seq_len: Annotated[int, typer.Option("--max-seq-len", help="Context the engines support.")] = 2048,
     sampling: Annotated[bool, typer.Option(help="Also build sampling graphs (temperature > 0).")] = True,
     force: Annotated[bool, typer.Option(help="Replace OUTPUT if it exists.")] = False,
+    timing_cache: Annotated[Optional[Path], typer.Option(help="TensorRT timing cache to reuse and update. "
+                                                         "Default: $HYDRA_EXPORT_CACHE/tensorrt/timing.cache.")] = None,
+    trt_optimization_level: Annotated[int, typer.Option(min=0, max=5, help="TensorRT builder optimization "
+                                                        "level.")] = 3,
 ):
     """Trace base model + heads into an artifact directory (graphs, weights, tokenizer, manifest)."""
     from hydra_runtime.tree import TreeBuffers
@@ -97,9 +102,11 @@ def build(
     from .base_model import load_base_model
     from .heads.reference_formats import load_heads
     from .shipped_heads import shipped_heads_dir
+    from .tensorrt_build import TensorRTOptions
 
+    dtype = dtype or ("fp16" if target == "tensorrt" else "fp32")
     options = BuildOptions(tree_name="", dtype=dtype, max_seq_len=max_seq_len, target=target, force=force,
-                           sampling=sampling)
+                           sampling=sampling, tensorrt=TensorRTOptions(timing_cache, trt_optimization_level))
     if output.exists() and not force:
         raise HydraExportError(f"{output} already exists; pass --force to replace it, or choose another -o")
     heads_dir = heads or shipped_heads_dir(model)
@@ -109,7 +116,8 @@ def build(
             "`hydra-export train recipes/<recipe>.json` and pass --heads DIR"
         )
     with stage_progress() as progress:
-        stages = 4 + (6 if sampling else 3)
+        graphs = 6 if sampling else 3
+        stages = 4 + graphs * (2 if target == "tensorrt" else 1)
         task = progress.add_task("load base model", total=stages)
 
         def advance(description: str) -> None:
@@ -197,14 +205,18 @@ def verify(
     tolerance: Annotated[Optional[float], typer.Option(help="Max absolute error (default by dtype).")] = None,
 ):
     """Compare every graph with its PyTorch module, and runtime output with the reference decoder."""
+    from hydra_runtime.manifest import Manifest
+
     from .artifact_verifier import verify_artifact
 
     with stage_progress() as progress:
-        task = progress.add_task("read artifact", total=3)
+        stages = 3 + (1 if "tensorrt" in Manifest.read(artifact, verify_checksums=False).data else 0)
+        task = progress.add_task("read artifact", total=stages)
         report = verify_artifact(artifact, model, tolerance,
                                  progress=lambda d: progress.update(task, advance=1, description=d))
-        progress.update(task, completed=3)
-    table = Table(title=f"ONNX Runtime vs PyTorch (tolerance {report.tolerance:g})")
+        progress.update(task, completed=stages)
+    title = "ONNX Runtime vs PyTorch" + ("; [tensorrt] rows: TensorRT vs ONNX Runtime" if report.tensorrt_tokens else "")
+    table = Table(title=f"{title} (tolerance {report.tolerance:g})")
     for column in ("graph", "output", "max abs error", "max rel error", "ok"):
         table.add_column(column)
     for c in _collapse_kv(report.comparisons):
@@ -215,6 +227,10 @@ def verify(
     stdout.print(table)
     stdout.print(f"greedy output identical to the PyTorch reference: {'yes' if report.lossless else 'NO'} "
                  f"({len(report.runtime_tokens)} tokens)")
+    if report.tensorrt_tokens:
+        same = report.tensorrt_tokens["hydra"] == report.tensorrt_tokens["autoregressive"]
+        stdout.print(f"TensorRT: Hydra output identical to autoregressive on the same plans: {'yes' if same else 'NO'}; "
+                     f"Polygraphy comparison {'passed' if report.polygraphy_passed else 'FAILED'}")
     if not report.passed:
         raise HydraExportError("verification failed: see the rows marked NO above")
 
@@ -250,7 +266,7 @@ def inspect(artifact: ArtifactDir):
 
 def _collapse_kv(comparisons: list) -> list:
     """One row per graph for all its K/V outputs (their worst errors), every other output as is."""
-    from .artifact_verifier import OutputComparison
+    from .output_comparison import OutputComparison
 
     rows, kv = [], {}
     for c in comparisons:

@@ -25,17 +25,24 @@ def import_onnxruntime():
     return onnxruntime
 
 
+def check_provider(provider: str):
+    """ONNX Runtime, once it is known to offer ``provider`` ("cpu" | "cuda") here."""
+    ort = import_onnxruntime()
+    if provider not in PROVIDERS:
+        raise HydraExportError(f"unknown provider {provider!r} for ONNX Runtime; choose one of {', '.join(PROVIDERS)}")
+    wanted = PROVIDERS[provider][0]
+    if wanted not in ort.get_available_providers():
+        raise HydraExportError(
+            f"ONNX Runtime here has no {wanted} (available: {', '.join(ort.get_available_providers())}); "
+            "install onnxruntime-gpu (`pip install 'hydra-export[gpu]'`) on a machine with an NVIDIA GPU, "
+            "or use the cpu backend"
+        )
+    return ort
+
+
 class OnnxEngine:
     def __init__(self, path: Path, provider: str = "cpu", threads: int | None = None):
-        ort = import_onnxruntime()
-        if provider not in PROVIDERS:
-            raise HydraExportError(f"unknown provider {provider!r} for ONNX Runtime; choose one of {', '.join(PROVIDERS)}")
-        wanted = PROVIDERS[provider][0]
-        if wanted not in ort.get_available_providers():
-            raise HydraExportError(
-                f"ONNX Runtime here has no {wanted} (available: {', '.join(ort.get_available_providers())}); "
-                "install onnxruntime-gpu on a machine with an NVIDIA GPU, or use provider='cpu'"
-            )
+        ort = check_provider(provider)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:

@@ -15,7 +15,7 @@ import numpy as np
 from .decode_backend import HOST_DTYPES, is_kv, kv_part, resolve_shape, symbols_of
 from .errors import ArtifactError
 from .manifest import Manifest
-from .onnx_engine import LazyEngines, import_onnxruntime
+from .onnx_engine import LazyEngines, check_provider
 
 KV_DTYPES = {"float32": np.float32, "float16": np.float16}
 
@@ -28,6 +28,7 @@ class OrtBackend:
                 f"this artifact's KV cache is {kv['dtype']}, which ONNX Runtime's Python bindings cannot hold; "
                 "run it with the TensorRT backend (`--backend tensorrt`), or rebuild with --dtype fp16 or fp32"
             )
+        self.ort = check_provider(provider)
         self.name = f"onnxruntime-{provider}"
         self.graphs = manifest.graphs
         self.engines = LazyEngines(artifact_dir, {name: entry.file for name, entry in self.graphs.items()},
@@ -44,8 +45,7 @@ class OrtBackend:
     def _allocate(self, shape: tuple[int, ...]):
         if self.device == "cpu":
             return np.zeros(shape, dtype=self.kv_dtype)
-        ort = import_onnxruntime()
-        return ort.OrtValue.ortvalue_from_shape_and_type(shape, self.kv_dtype, "cuda", 0)
+        return self.ort.OrtValue.ortvalue_from_shape_and_type(shape, self.kv_dtype, "cuda", 0)
 
     def _address(self, name: str) -> int:
         buffer = self._cache[kv_part(name)]

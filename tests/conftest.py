@@ -13,6 +13,17 @@ from hydra_export.heads import build_heads, heads_config_for  # noqa: E402
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def pytest_collection_modifyitems(config, items):
+    """GPU-marked tests run (with -m gpu) only where a CUDA device is visible."""
+    from hydra_runtime.backend_choice import gpu_count
+
+    if any("gpu" in item.keywords for item in items) and not gpu_count():
+        skip = pytest.mark.skip(reason="needs an NVIDIA GPU (none visible)")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def llama():
     return tiny_llama()
@@ -69,14 +80,15 @@ def artifacts(tmp_path_factory, model_dirs):
     built = {}
 
     def get(model: str, kind: str, tree: str = "tree16", max_seq_len: int = 256, sampling: bool = False,
-            draft_vocab_size: int = 0):
-        key = (model, kind, tree, max_seq_len, sampling, draft_vocab_size)
+            draft_vocab_size: int = 0, dtype: str = "fp32", target: str = "onnx"):
+        key = (model, kind, tree, max_seq_len, sampling, draft_vocab_size, dtype, target)
         if key not in built:
             base = load_base_model(model_dirs[model])
             heads = random_heads(base, kind, draft_vocab_size=draft_vocab_size)
             root = tmp_path_factory.mktemp("artifact")
             save_heads(heads, root / "heads")
-            options = BuildOptions(tree_name=tree, max_seq_len=max_seq_len, sampling=sampling)
+            options = BuildOptions(tree_name=tree, max_seq_len=max_seq_len, sampling=sampling, dtype=dtype,
+                                   target=target)
             built[key] = build_artifact(base, heads, TreeBuffers.from_name(tree), root / "artifact", options)
         return built[key]
 

@@ -1,0 +1,71 @@
+"""TensorRT plans checked against ONNX Runtime with Polygraphy, graph by graph, on the feeds
+`hydra-export verify` already made; then Hydra decoding on the plans against autoregressive
+decoding on the same plans (the lossless check that holds at any precision)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from hydra_runtime.backend_choice import onnxruntime_has_cuda
+from hydra_runtime.generator import Generator
+
+from .errors import HydraExportError
+from .output_comparison import OutputComparison, compare_outputs
+
+
+def import_polygraphy():
+    try:
+        import polygraphy  # noqa: F401
+    except ImportError:
+        raise HydraExportError("polygraphy is not installed; `pip install 'hydra-export[gpu]'` to verify "
+                               "TensorRT plans") from None
+
+
+def onnxruntime_runner(onnx_path: Path):
+    import_polygraphy()
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+    providers = (["CUDAExecutionProvider"] if onnxruntime_has_cuda() else []) + ["CPUExecutionProvider"]
+    return OnnxrtRunner(SessionFromOnnx(str(onnx_path), providers=providers), name="onnxruntime")
+
+
+def tensorrt_runner(plan_path: Path):
+    import_polygraphy()
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+    return TrtRunner(EngineFromBytes(plan_path.read_bytes()), name="tensorrt")
+
+
+def compare_runners(graph: str, reference, candidate, feeds: dict[str, np.ndarray],
+                    tolerance: float) -> tuple[list[OutputComparison], bool]:
+    """Run both Polygraphy runners on ``feeds``; our error rows (candidate vs reference) and Polygraphy's verdict."""
+    import polygraphy.comparator as comparator
+
+    # SimpleCompareFunc since Polygraphy 0.50; CompareFunc.simple before (and deprecated after)
+    simple = getattr(comparator, "SimpleCompareFunc", None) or comparator.CompareFunc.simple
+    results = comparator.Comparator.run([reference, candidate], data_loader=[feeds])
+    verdict = comparator.Comparator.compare_accuracy(results, compare_func=simple(atol=tolerance, rtol=tolerance))
+    (_, [expected]), (_, [got]) = results.items()
+    return compare_outputs(graph, dict(got), dict(expected)), bool(verdict)
+
+
+def compare_plans(artifact_dir: Path, manifest, feeds_by_graph: dict[str, dict], tolerance: float):
+    """Every plan against its ONNX graph; returns (rows labelled ``graph [tensorrt]``, all passed)."""
+    rows, passed = [], True
+    for graph, feeds in feeds_by_graph.items():
+        plan = manifest.data["tensorrt"]["plans"][graph]
+        graph_rows, verdict = compare_runners(
+            f"{graph} [tensorrt]", onnxruntime_runner(artifact_dir / manifest.graphs[graph].file),
+            tensorrt_runner(artifact_dir / plan), feeds, tolerance)
+        rows += graph_rows
+        passed = passed and verdict
+    return rows, passed
+
+
+def hydra_and_autoregressive_tokens(artifact_dir: Path, prompt_ids: list[int], max_new_tokens: int):
+    generator = Generator.load(artifact_dir, backend="tensorrt", verify_checksums=False)
+    hydra, _ = generator.generate_ids(prompt_ids, max_new_tokens, mode="hydra")
+    autoregressive, _ = generator.generate_ids(prompt_ids, max_new_tokens, mode="autoregressive")
+    return hydra, autoregressive

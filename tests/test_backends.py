@@ -1,0 +1,113 @@
+"""Backend choice, the GPU-side pieces a CPU can exercise, and their errors."""
+
+import json
+import shutil
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from hydra_export.cli import app
+from hydra_export.tensorrt_build import TensorRTOptions, profile_shapes
+from hydra_runtime import ArtifactError, GenerationInputError, HydraExportError
+from hydra_runtime.backend_choice import choose_backend, gpu_count, open_backend
+from hydra_runtime.cuda_runtime import CudaError, CudaRuntime
+from hydra_runtime.generator import Generator
+from hydra_runtime.manifest import Manifest
+
+no_gpu = pytest.mark.skipif(gpu_count() > 0, reason="checks what a machine without a GPU says")
+
+
+@no_gpu
+def test_auto_backend_is_onnxruntime_on_cpu_here(artifacts):
+    artifact = artifacts("llama", "hydra")
+    assert choose_backend(Manifest.read(artifact)) == "cpu"
+    assert Generator.load(artifact).backend.name == "onnxruntime-cpu"
+
+
+def test_unknown_backend_is_named(artifacts):
+    artifact = artifacts("llama", "hydra")
+    with pytest.raises(GenerationInputError, match="unknown backend 'gpu'.*auto, cpu, cuda, tensorrt"):
+        open_backend(artifact, Manifest.read(artifact), "gpu")
+
+
+def test_tensorrt_backend_needs_plans(artifacts):
+    with pytest.raises(ArtifactError, match="holds no TensorRT plans.*--target tensorrt"):
+        Generator.load(artifacts("llama", "hydra"), backend="tensorrt")
+
+
+@no_gpu
+def test_cuda_backend_without_cuda_says_what_to_install(artifacts):
+    with pytest.raises(HydraExportError, match="CUDAExecutionProvider.*onnxruntime-gpu"):
+        Generator.load(artifacts("llama", "hydra"), backend="cuda")
+
+
+@no_gpu
+def test_missing_cuda_runtime_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(sys, "path", [])
+    monkeypatch.setattr("ctypes.util.find_library", lambda name: None)
+    monkeypatch.setattr("hydra_runtime.cuda_runtime._candidates", lambda: ["/nonexistent/libcudart.so"])
+    with pytest.raises(CudaError, match="libcudart.*was not found.*hydra-export\\[gpu\\]"):
+        CudaRuntime.load()
+    assert gpu_count() == 0
+
+
+def test_tensorrt_profiles_cover_empty_to_full_cache():
+    manifest = {"prefill": [{"name": "input_ids", "dtype": "int64", "shape": ["prompt_sequence"]}],
+                "step": [{"name": "tree_tokens", "dtype": "int64", "shape": [6]},
+                         {"name": "past_key_values.0.key", "dtype": "float16", "shape": [1, "past_sequence", 3, 64]}]}
+    options = TensorRTOptions(opt_prompt_len=128, opt_past_len=512)
+    assert profile_shapes(manifest["prefill"], 2048, options) == {"input_ids": [[1], [128], [2047]]}
+    assert profile_shapes(manifest["step"], 256, options) == {
+        "past_key_values.0.key": [[1, 0, 3, 64], [1, 255, 3, 64], [1, 255, 3, 64]]}
+    with pytest.raises(HydraExportError, match="symbolic dims \\['batch'\\]"):
+        profile_shapes([{"name": "x", "dtype": "float", "shape": ["batch", 4]}], 256, options)
+
+
+@no_gpu
+def test_tensorrt_target_without_a_gpu_fails_before_writing(model_dirs, tmp_path):
+    out = tmp_path / "trt"
+    result = CliRunner().invoke(app, ["build", "-m", str(model_dirs["llama"]), "--heads",
+                                      str(_heads_dir(model_dirs, tmp_path)), "--target", "tensorrt", "-o", str(out)])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert ("tensorrt is not installed" in result.output) or ("needs an NVIDIA GPU" in result.output)
+    assert not out.exists() and not list(tmp_path.glob(".trt.partial-*"))
+
+
+def _heads_dir(model_dirs, tmp_path):
+    from conftest import random_heads
+
+    from hydra_export.base_model import load_base_model
+    from hydra_export.heads.checkpoint import save_heads
+
+    heads_dir = tmp_path / "heads"
+    save_heads(random_heads(load_base_model(model_dirs["llama"]), "hydra"), heads_dir)
+    return heads_dir
+
+
+def test_polygraphy_comparison_of_two_runners(artifacts):
+    """The plumbing `verify` uses for TensorRT vs ONNX Runtime, with ONNX Runtime on both sides."""
+    from hydra_export.tensorrt_verifier import compare_runners, onnxruntime_runner
+
+    artifact = artifacts("llama", "hydra++")
+    manifest = Manifest.read(artifact)
+    feeds = {"input_ids": np.array([5, 9, 33, 7], dtype=np.int64)}
+    path = artifact / manifest.graphs["prefill"].file
+    rows, passed = compare_runners("prefill", onnxruntime_runner(path), onnxruntime_runner(path), feeds, 1e-5)
+    assert passed
+    assert {row.output for row in rows} >= {"tree_tokens", "present.0.key"}
+    assert all(row.exact for row in rows if row.exact is not None)
+    assert all(row.max_abs_error == 0 for row in rows if row.exact is None)
+
+
+def test_fp16_artifact_with_half_precision_cache_is_lossless_on_cpu(artifacts):
+    """The precision GPUs run (fp16 graphs, fp16 KV rows bound by pointer), exercised on ONNX Runtime CPU."""
+    generator = Generator.load(artifacts("llama", "medusa", dtype="fp16"), backend="cpu")
+    steps = tokens = 0
+    for prompt in ([5, 9, 33, 7, 100], [17, 4, 88]):
+        hydra, stats = generator.generate_ids(prompt, 40)
+        assert hydra == generator.generate_ids(prompt, 40, mode="autoregressive")[0]
+        steps, tokens = steps + stats.steps, tokens + len(hydra)
+    assert steps < tokens / 2  # deep paths accepted: the cache offsets of multi-row commits matter
