@@ -107,6 +107,9 @@ def run_benchmark(
         totals["transformers"] = ModeTotals()
     samples = []
     eos = generator.manifest.eos_token_ids
+    warm_up_ids = generator.encode(conversations[0].turns[0])
+    for mode in modes:  # load every engine and touch its buffers before anything is timed
+        generator.generate_ids(warm_up_ids, 8, mode=mode)
     for index, conversation in enumerate(conversations):
         messages: list[dict] = []
         for turn, text in enumerate(conversation.turns, start=1):

@@ -8,12 +8,15 @@ from .errors import (
     InvalidTreeError,
     UnsupportedModelError,
 )
+from .generator import GenerationOutput, Generator
 from .tree import DepthPlan, TreeBuffers
 from .tree_presets import TREE_PRESETS
 
 __all__ = [
     "ArtifactError",
     "DepthPlan",
+    "GenerationOutput",
+    "Generator",
     "GenerationInputError",
     "HeadsCheckpointError",
     "HydraExportError",

@@ -172,7 +172,7 @@ def test_runtime_never_imports_torch(artifacts):
         import sys
         for blocked in ("torch", "transformers"):
             sys.modules[blocked] = None  # any import of them now fails
-        from hydra_runtime.generator import Generator
+        from hydra_runtime import Generator  # the import README.md shows
         out = Generator.load({str(artifact)!r}).generate("Hello", max_new_tokens=8)
         assert len(out.token_ids) == 8
         print("ok", out.stats.steps)
@@ -203,3 +203,5 @@ def test_half_precision_artifacts(tmp_path, model_dirs):
     assert base.model.dtype == torch.float32  # the caller's model is left as it was
     ids, _ = Generator.load(tmp_path / "fp16").generate_ids([5, 6, 7], 12)
     assert len(ids) == 12
+    with pytest.raises(ArtifactError, match="KV cache is bfloat16.*--backend tensorrt"):
+        Generator.load(tmp_path / "bf16", backend="cpu")
