@@ -251,8 +251,14 @@ def inspect(artifact: ArtifactDir):
                  f"{data['base_model']['num_layers']} layers)")
     stdout.print(f"heads: {heads['kind']} x{heads['num_heads']}, {heads['num_layers']} blocks each, "
                  f"{'own' if heads['own_lm_head'] else 'shared'} LM head")
+    plans = data.get("tensorrt", {}).get("plans", {})
+    if plans:
+        trt = data["tensorrt"]
+        size = sum((artifact / plan).stat().st_size for plan in plans.values()) / 2**20
+        stdout.print(f"TensorRT {trt['version']}: {len(plans)} plans, {size:.1f} MiB, optimization level "
+                     f"{trt['optimization_level']}, built in {sum(trt['build_seconds'].values()):.0f} s")
     for name, entry in manifest.graphs.items():
-        table = Table(title=f"{name} ({entry.file})")
+        table = Table(title=f"{name} ({entry.file}{' + ' + plans[name] if name in plans else ''})")
         for column in ("", "name", "dtype", "shape"):
             table.add_column(column)
         for kind, values in (("in", entry.inputs), ("out", entry.outputs)):
