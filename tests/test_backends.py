@@ -111,3 +111,31 @@ def test_fp16_artifact_with_half_precision_cache_is_lossless_on_cpu(artifacts):
         assert hydra == generator.generate_ids(prompt, 40, mode="autoregressive")[0]
         steps, tokens = steps + stats.steps, tokens + len(hydra)
     assert steps < tokens / 2  # deep paths accepted: the cache offsets of multi-row commits matter
+
+
+@pytest.fixture()
+def artifact_with_plans(artifacts, tmp_path):
+    """A CPU artifact whose manifest also lists a (placeholder) TensorRT plan, as a GPU build writes it."""
+    copy = tmp_path / "with-plans"
+    shutil.copytree(artifacts("llama", "hydra"), copy)
+    (copy / "step.plan").write_bytes(b"\0" * 2048)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["tensorrt"] = {"version": "10.13.0", "plans": {"step": "step.plan"}, "optimization_level": 3,
+                            "build_seconds": {"step": 12.5}, "profiles": {}, "timing_cache": "timing.cache"}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def test_inspect_shows_tensorrt_plans(artifact_with_plans):
+    result = CliRunner().invoke(app, ["inspect", str(artifact_with_plans)])
+    assert result.exit_code == 0, result.output
+    assert "TensorRT 10.13.0: 1 plans" in result.output and "built in 12 s" in result.output
+    assert "step.onnx + step.plan" in result.output
+
+
+@no_gpu
+def test_plans_without_a_gpu_fall_back_to_onnxruntime(artifact_with_plans):
+    assert choose_backend(Manifest.read(artifact_with_plans)) == "cpu"
+    result = CliRunner().invoke(app, ["generate", str(artifact_with_plans), "Hi", "-n", "4", "--backend", "tensorrt"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert ("tensorrt is not installed" in result.output) or ("libcudart" in result.output)
