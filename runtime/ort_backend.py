@@ -9,6 +9,7 @@ pointer, so a step moves only its token ids and small integer outputs across to 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -18,6 +19,16 @@ from .manifest import Manifest
 from .onnx_engine import LazyEngines, check_provider
 
 KV_DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+class _BindingPlan(NamedTuple):
+    """What one graph binds, worked out once: K/V tensors with their cache addresses, host tensors by name."""
+
+    past: list[tuple[str, int]]
+    present: list[tuple[str, int]]
+    present_shape: list  # [1, rows, kv_heads, head_dim]; rows may be symbolic (the prompt length)
+    host_inputs: list[str]
+    host_outputs: list[dict]
 
 
 class OrtBackend:
@@ -36,10 +47,12 @@ class OrtBackend:
         self.device = "cuda" if provider == "cuda" else "cpu"
         self.kv_dtype = np.dtype(KV_DTYPES[kv["dtype"]])
         shape = (1, manifest.max_seq_len, kv["kv_heads"], kv["head_dim"])
+        self.row_shape = (kv["kv_heads"], kv["head_dim"])
         self.row_bytes = kv["kv_heads"] * kv["head_dim"] * self.kv_dtype.itemsize
         self._cache = {(layer, part): self._allocate(shape)
                        for layer in range(kv["num_layers"]) for part in ("key", "value")}
-        self._bindings: dict[str, object] = {}
+        self._bindings: dict[str, object] = {}  # graph -> its reused ONNX Runtime IOBinding
+        self._plans: dict[str, _BindingPlan] = {}
         self.length = 0
 
     def _allocate(self, shape: tuple[int, ...]):
@@ -50,6 +63,19 @@ class OrtBackend:
     def _address(self, name: str) -> int:
         buffer = self._cache[kv_part(name)]
         return buffer.ctypes.data if self.device == "cpu" else buffer.data_ptr()
+
+    def _plan(self, graph: str) -> _BindingPlan:
+        if graph not in self._plans:
+            entry = self.graphs[graph]
+            present = [spec for spec in entry.outputs if is_kv(spec["name"])]
+            self._plans[graph] = _BindingPlan(
+                past=[(spec["name"], self._address(spec["name"])) for spec in entry.inputs if is_kv(spec["name"])],
+                present=[(spec["name"], self._address(spec["name"])) for spec in present],
+                present_shape=present[0]["shape"] if present else [],
+                host_inputs=[spec["name"] for spec in entry.inputs if not is_kv(spec["name"])],
+                host_outputs=[spec for spec in entry.outputs if not is_kv(spec["name"])],
+            )
+        return self._plans[graph]
 
     def warm_up(self, graph: str) -> None:
         self.engines[graph]
@@ -62,27 +88,24 @@ class OrtBackend:
 
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         session = self.engines[graph].session
-        entry = self.graphs[graph]
+        plan = self._plan(graph)
         binding = self._bindings.get(graph) or self._bindings.setdefault(graph, session.io_binding())
         binding.clear_binding_inputs()
         binding.clear_binding_outputs()
-        symbols = symbols_of(entry, feeds, self.length)
-        for spec in entry.inputs:
-            name = spec["name"]
-            if is_kv(name):
-                shape = resolve_shape(spec["shape"], symbols, f"{graph} input {name}")
-                binding.bind_input(name, self.device, 0, self.kv_dtype, shape, self._address(name))
-            else:
-                binding.bind_cpu_input(name, np.ascontiguousarray(feeds[name]))
+        symbols = symbols_of(self.graphs[graph], feeds, self.length)
+        past_shape = (1, self.length, *self.row_shape)
+        for name, address in plan.past:
+            binding.bind_input(name, self.device, 0, self.kv_dtype, past_shape, address)
+        for name in plan.host_inputs:
+            binding.bind_cpu_input(name, np.ascontiguousarray(feeds[name]))
+        present_shape = resolve_shape(plan.present_shape, symbols, f"{graph}'s present.* outputs")
+        offset = self.length * self.row_bytes
+        for name, address in plan.present:
+            binding.bind_output(name, self.device, 0, self.kv_dtype, present_shape, address + offset)
         host_outputs = {}
-        for spec in entry.outputs:
-            name = spec["name"]
-            shape = resolve_shape(spec["shape"], symbols, f"{graph} output {name}")
-            if is_kv(name):
-                binding.bind_output(name, self.device, 0, self.kv_dtype, shape,
-                                    self._address(name) + self.length * self.row_bytes)
-            else:
-                host = host_outputs[name] = np.empty(shape, dtype=HOST_DTYPES[spec["dtype"]])
-                binding.bind_output(name, "cpu", 0, host.dtype, shape, host.ctypes.data)
+        for spec in plan.host_outputs:
+            shape = resolve_shape(spec["shape"], symbols, f"{graph} output {spec['name']}")
+            host = host_outputs[spec["name"]] = np.empty(shape, dtype=HOST_DTYPES[spec["dtype"]])
+            binding.bind_output(spec["name"], "cpu", 0, host.dtype, shape, host.ctypes.data)
         session.run_with_iobinding(binding)
         return host_outputs
