@@ -96,8 +96,9 @@ class OrtBackend:
         past_shape = (1, self.length, *self.row_shape)
         for name, address in plan.past:
             binding.bind_input(name, self.device, 0, self.kv_dtype, past_shape, address)
-        for name in plan.host_inputs:
-            binding.bind_cpu_input(name, np.ascontiguousarray(feeds[name]))
+        host_inputs = [np.ascontiguousarray(feeds[name]) for name in plan.host_inputs]  # alive until the run ends
+        for name, array in zip(plan.host_inputs, host_inputs):
+            binding.bind_cpu_input(name, array)
         present_shape = resolve_shape(plan.present_shape, symbols, f"{graph}'s present.* outputs")
         offset = self.length * self.row_bytes
         for name, address in plan.present:
