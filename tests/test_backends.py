@@ -139,3 +139,15 @@ def test_plans_without_a_gpu_fall_back_to_onnxruntime(artifact_with_plans):
     result = CliRunner().invoke(app, ["generate", str(artifact_with_plans), "Hi", "-n", "4", "--backend", "tensorrt"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert ("tensorrt is not installed" in result.output) or ("libcudart" in result.output)
+
+
+@no_gpu
+def test_gpu_check_script_says_what_is_missing(tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.sh"
+    result = subprocess.run(["bash", str(script), str(tmp_path / "out")], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "gpu_check: missing a visible NVIDIA GPU" in result.stderr
+    assert not (tmp_path / "out" / "smollm2-trt").exists()  # stopped before building anything
