@@ -11,7 +11,8 @@ host feeds (token ids, sampling scalars) and the small token outputs.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -60,12 +61,32 @@ def resolve_shape(shape: list, symbols: dict[str, int], where: str) -> tuple[int
                             "rebuild the artifact with this version of hydra-export") from None
 
 
-def symbols_of(entry: GraphEntry, feeds: dict[str, np.ndarray], past_length: int) -> dict[str, int]:
-    """Sizes of the graph's symbolic dims, read off the host feeds' shapes and the cache length."""
-    symbols = {PAST_SEQUENCE: past_length}
-    for spec in entry.inputs:
-        if spec["name"] in feeds:
+class BindingPlan(NamedTuple):
+    """What one graph binds, worked out once per graph: its K/V tensors with the addresses of
+    their cache buffers, and its host tensors. Per call only the past length and feeds change."""
+
+    past: list[tuple[str, int]]  # past_key_values.* input, cache buffer address
+    present: list[tuple[str, int]]  # present.* output, cache buffer address (rows go after the prefix)
+    present_shape: list  # [1, rows, kv_heads, head_dim]; rows may be symbolic (the prompt length)
+    host_inputs: list[dict]  # manifest specs of the inputs fed from the host
+    host_outputs: list[dict]  # manifest specs of the outputs returned to the host
+
+    @classmethod
+    def of(cls, entry: GraphEntry, cache_address: Callable[[str], int]) -> BindingPlan:
+        present = [spec for spec in entry.outputs if is_kv(spec["name"])]
+        return cls(
+            past=[(spec["name"], cache_address(spec["name"])) for spec in entry.inputs if is_kv(spec["name"])],
+            present=[(spec["name"], cache_address(spec["name"])) for spec in present],
+            present_shape=present[0]["shape"] if present else [],
+            host_inputs=[spec for spec in entry.inputs if not is_kv(spec["name"])],
+            host_outputs=[spec for spec in entry.outputs if not is_kv(spec["name"])],
+        )
+
+    def symbols(self, feeds: dict[str, np.ndarray], past_length: int) -> dict[str, int]:
+        """Sizes of the graph's symbolic dims, read off the host feeds' shapes and the cache length."""
+        symbols = {PAST_SEQUENCE: past_length}
+        for spec in self.host_inputs:
             for dim, size in zip(spec["shape"], np.shape(feeds[spec["name"]])):
                 if isinstance(dim, str):
                     symbols[dim] = int(size)
-    return symbols
+        return symbols

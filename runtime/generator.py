@@ -58,7 +58,7 @@ class Generator:
             raise GenerationInputError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         sampling = sampling or SamplingConfig(temperature=temperature)
         suffix = "" if sampling.greedy else "_sample"
-        if "prefill" + suffix not in self.manifest.graphs:
+        if "prefill" + suffix not in self.manifest.data["graphs"]:
             raise GenerationInputError(
                 "this artifact was built without sampling graphs, so it decodes greedily only (temperature=0); "
                 "rebuild it with `hydra-export build --sampling` to sample"

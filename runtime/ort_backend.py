@@ -9,26 +9,15 @@ pointer, so a step moves only its token ids and small integer outputs across to 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
-from .decode_backend import HOST_DTYPES, is_kv, kv_part, resolve_shape, symbols_of
+from .decode_backend import HOST_DTYPES, BindingPlan, kv_part, resolve_shape
 from .errors import ArtifactError
 from .manifest import Manifest
 from .onnx_engine import LazyEngines, check_provider
 
 KV_DTYPES = {"float32": np.float32, "float16": np.float16}
-
-
-class _BindingPlan(NamedTuple):
-    """What one graph binds, worked out once: K/V tensors with their cache addresses, host tensors by name."""
-
-    past: list[tuple[str, int]]
-    present: list[tuple[str, int]]
-    present_shape: list  # [1, rows, kv_heads, head_dim]; rows may be symbolic (the prompt length)
-    host_inputs: list[str]
-    host_outputs: list[dict]
 
 
 class OrtBackend:
@@ -52,7 +41,7 @@ class OrtBackend:
         self._cache = {(layer, part): self._allocate(shape)
                        for layer in range(kv["num_layers"]) for part in ("key", "value")}
         self._bindings: dict[str, object] = {}  # graph -> its reused ONNX Runtime IOBinding
-        self._plans: dict[str, _BindingPlan] = {}
+        self._plans: dict[str, BindingPlan] = {}
         self.length = 0
 
     def _allocate(self, shape: tuple[int, ...]):
@@ -64,17 +53,9 @@ class OrtBackend:
         buffer = self._cache[kv_part(name)]
         return buffer.ctypes.data if self.device == "cpu" else buffer.data_ptr()
 
-    def _plan(self, graph: str) -> _BindingPlan:
+    def _plan(self, graph: str) -> BindingPlan:
         if graph not in self._plans:
-            entry = self.graphs[graph]
-            present = [spec for spec in entry.outputs if is_kv(spec["name"])]
-            self._plans[graph] = _BindingPlan(
-                past=[(spec["name"], self._address(spec["name"])) for spec in entry.inputs if is_kv(spec["name"])],
-                present=[(spec["name"], self._address(spec["name"])) for spec in present],
-                present_shape=present[0]["shape"] if present else [],
-                host_inputs=[spec["name"] for spec in entry.inputs if not is_kv(spec["name"])],
-                host_outputs=[spec for spec in entry.outputs if not is_kv(spec["name"])],
-            )
+            self._plans[graph] = BindingPlan.of(self.graphs[graph], self._address)
         return self._plans[graph]
 
     def warm_up(self, graph: str) -> None:
@@ -92,13 +73,13 @@ class OrtBackend:
         binding = self._bindings.get(graph) or self._bindings.setdefault(graph, session.io_binding())
         binding.clear_binding_inputs()
         binding.clear_binding_outputs()
-        symbols = symbols_of(self.graphs[graph], feeds, self.length)
+        symbols = plan.symbols(feeds, self.length)
         past_shape = (1, self.length, *self.row_shape)
         for name, address in plan.past:
             binding.bind_input(name, self.device, 0, self.kv_dtype, past_shape, address)
-        host_inputs = [np.ascontiguousarray(feeds[name]) for name in plan.host_inputs]  # alive until the run ends
-        for name, array in zip(plan.host_inputs, host_inputs):
-            binding.bind_cpu_input(name, array)
+        host_inputs = [np.ascontiguousarray(feeds[spec["name"]]) for spec in plan.host_inputs]  # alive until run ends
+        for spec, array in zip(plan.host_inputs, host_inputs):
+            binding.bind_cpu_input(spec["name"], array)
         present_shape = resolve_shape(plan.present_shape, symbols, f"{graph}'s present.* outputs")
         offset = self.length * self.row_bytes
         for name, address in plan.present:

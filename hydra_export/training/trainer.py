@@ -22,11 +22,11 @@ from hydra_runtime.tree import TreeBuffers
 
 from ..base_model import BaseModel, load_base_model
 from ..decoding.reference_decoder import ReferenceDecoder
+from ..errors import HydraExportError
 from ..heads import BaseProjections, DraftHeads, build_heads, heads_config_for
 from ..heads.checkpoint import load_native_heads, save_heads
 from .dataset import HiddenStateCache, build_sequences
 from .losses import HEAD_LOSS_DECAY, head_inputs, head_logits, head_loss, truth_rank_counts
-from ..errors import HydraExportError
 from .recipe import TrainRecipe
 
 PROBE_TREE = "tree16"
