@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hydra_runtime.engine import PAST_SEQUENCE
-from hydra_runtime.tensorrt_backend import import_tensorrt
+from hydra_runtime.backends.tensorrt_backend import import_tensorrt
 
 from .default_models import cache_root
 from .errors import HydraExportError
@@ -41,7 +41,7 @@ class TensorRTOptions:
 
 def check_tensorrt_available() -> str:
     """Fail before any tracing if plans cannot be built here; returns TensorRT's version."""
-    from hydra_runtime.backend_choice import gpu_count
+    from hydra_runtime.backends.choice import gpu_count
 
     trt = import_tensorrt()
     if not gpu_count():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hydra_runtime.backend_choice import onnxruntime_has_cuda
+from hydra_runtime.backends.choice import onnxruntime_has_cuda
 from hydra_runtime.generator import Generator
 
 from .errors import HydraExportError

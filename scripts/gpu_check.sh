@@ -14,12 +14,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-gpu-check}
-prompts=${PROMPTS:-../shared/data/mt_bench.jsonl}
+prompts=${PROMPTS:-data/mt_bench.jsonl}
 mkdir -p "$out"
 
-python3 - <<'PY'
+"${PYTHON:-python3}" - <<'PY'
 import sys
-from hydra_runtime.backend_choice import gpu_count, onnxruntime_has_cuda
+from hydra_runtime.backends.choice import gpu_count, onnxruntime_has_cuda
 missing = [what for what, ok in (("a visible NVIDIA GPU", gpu_count() > 0),
                                  ("onnxruntime-gpu with CUDAExecutionProvider", onnxruntime_has_cuda())) if not ok]
 for module in ("tensorrt", "polygraphy"):
@@ -36,14 +36,14 @@ hydra-export build --target tensorrt --dtype fp16 --no-sampling --force -o "$out
 build_seconds=$(( $(date +%s) - start ))
 
 hydra-export verify "$out/smollm2-trt" 2>&1 | tee "$out/verify.log"
-python3 -m pytest -m gpu -q 2>&1 | tee "$out/pytest-gpu.log"
+"${PYTHON:-python3}" -m pytest -m gpu -q 2>&1 | tee "$out/pytest-gpu.log"
 
 for backend in tensorrt cuda; do
   hydra-export bench "$out/smollm2-trt" --prompts "$prompts" --limit 20 --max-new-tokens 256 \
     --backend "$backend" --json "$out/bench-$backend.json" > /dev/null
 done
 
-BUILD_SECONDS=$build_seconds OUT="$out" python3 - <<'PY'
+BUILD_SECONDS=$build_seconds OUT="$out" "${PYTHON:-python3}" - <<'PY'
 import json, os
 from pathlib import Path
 out = Path(os.environ["OUT"])

@@ -10,12 +10,12 @@ from tiny_models import tiny_llama, tiny_qwen2  # noqa: E402
 
 from hydra_export.heads import build_heads, heads_config_for  # noqa: E402
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"  # shipped with the repository (data/README.md)
 
 
 def pytest_collection_modifyitems(config, items):
     """GPU-marked tests run (with -m gpu) only where a CUDA device is visible."""
-    from hydra_runtime.backend_choice import gpu_count
+    from hydra_runtime.backends.choice import gpu_count
 
     if any("gpu" in item.keywords for item in items) and not gpu_count():
         skip = pytest.mark.skip(reason="needs an NVIDIA GPU (none visible)")

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from hydra_export.cli import app
 from hydra_export.tensorrt_build import TensorRTOptions, profile_shapes
 from hydra_runtime import ArtifactError, GenerationInputError, HydraExportError
-from hydra_runtime.backend_choice import choose_backend, gpu_count, open_backend
-from hydra_runtime.cuda_runtime import CudaError, CudaRuntime
+from hydra_runtime.backends.choice import choose_backend, gpu_count, open_backend
+from hydra_runtime.backends.cuda_runtime import CudaError, CudaRuntime
 from hydra_runtime.generator import Generator
 from hydra_runtime.manifest import Manifest
 
@@ -47,7 +47,7 @@ def test_cuda_backend_without_cuda_says_what_to_install(artifacts):
 def test_missing_cuda_runtime_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(sys, "path", [])
     monkeypatch.setattr("ctypes.util.find_library", lambda name: None)
-    monkeypatch.setattr("hydra_runtime.cuda_runtime._candidates", lambda: ["/nonexistent/libcudart.so"])
+    monkeypatch.setattr("hydra_runtime.backends.cuda_runtime._candidates", lambda: ["/nonexistent/libcudart.so"])
     with pytest.raises(CudaError, match="libcudart.*was not found.*hydra-export\\[gpu\\]"):
         CudaRuntime.load()
     assert gpu_count() == 0
@@ -143,11 +143,13 @@ def test_plans_without_a_gpu_fall_back_to_onnxruntime(artifact_with_plans):
 
 @no_gpu
 def test_gpu_check_script_says_what_is_missing(tmp_path):
+    import os
     import subprocess
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.sh"
-    result = subprocess.run(["bash", str(script), str(tmp_path / "out")], capture_output=True, text=True)
+    result = subprocess.run(["bash", str(script), str(tmp_path / "out")], capture_output=True, text=True,
+                            env={**os.environ, "PYTHON": sys.executable})
     assert result.returncode != 0
     assert "gpu_check: missing a visible NVIDIA GPU" in result.stderr
     assert not (tmp_path / "out" / "smollm2-trt").exists()  # stopped before building anything

@@ -53,7 +53,7 @@ SHIPPED_KINDS = [kind for kind in ("medusa", "hydra", "hydra++") if shipped_head
 def test_default_model_speculation_is_lossless_on_mt_bench(kind):
     import json
 
-    from conftest import SHARED_DATA
+    from conftest import DATA
     from hydra_export.decoding.reference_decoder import ReferenceDecoder
     from hydra_export.heads.reference_formats import load_heads
     from hydra_runtime import TreeBuffers
@@ -61,7 +61,7 @@ def test_default_model_speculation_is_lossless_on_mt_bench(kind):
     base = load_base_model(DEFAULT_MODEL)
     heads = load_heads(shipped_heads_dir(DEFAULT_MODEL, kind), base.config)
     decoder = ReferenceDecoder(base, heads, TreeBuffers.from_name("tree16"))
-    lines = (SHARED_DATA / "mt_bench.jsonl").read_text().splitlines()[:3]
+    lines = (DATA / "mt_bench.jsonl").read_text().splitlines()[:3]
     eos = base.tokenizer.eos_token_id
     for line in lines:
         messages = [{"role": "user", "content": json.loads(line)["turns"][0]}]

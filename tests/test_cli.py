@@ -5,7 +5,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from conftest import SHARED_DATA
+from conftest import DATA
 from hydra_export.cli import app
 
 runner = CliRunner()
@@ -97,5 +97,5 @@ def test_bench_rejects_bad_prompt_file(tmp_path, artifacts):
 def test_bench_reads_mt_bench():
     from hydra_export.benchmark import read_prompts
 
-    conversations = read_prompts(SHARED_DATA / "mt_bench.jsonl", limit=3, turns=2)
+    conversations = read_prompts(DATA / "mt_bench.jsonl", limit=3, turns=2)
     assert len(conversations) == 3 and all(len(c.turns) == 2 for c in conversations)

@@ -4,7 +4,7 @@ decoding on the same engines. Run with `python3 -m pytest -m gpu`; skipped witho
 import pytest
 
 from hydra_export.artifact_verifier import verify_artifact
-from hydra_runtime.backend_choice import choose_backend, onnxruntime_has_cuda
+from hydra_runtime.backends.choice import choose_backend, onnxruntime_has_cuda
 from hydra_runtime.generator import Generator
 from hydra_runtime.manifest import Manifest
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import SHARED_DATA
+from conftest import DATA
 from hydra_export.heads.reference_formats import load_heads
 from hydra_export.training.recipe import TrainRecipe
 from hydra_export.training.trainer import Trainer, cosine_with_warmup
@@ -22,7 +22,7 @@ def tiny_base():
 
 
 def recipe_for(tmp_path, kind, **overrides):
-    settings = dict(kind=kind, output_dir=str(tmp_path / f"{kind}-heads"), data=str(SHARED_DATA / "alpaca_5000.json"),
+    settings = dict(kind=kind, output_dir=str(tmp_path / f"{kind}-heads"), data=str(DATA / "alpaca_5000.json"),
                     num_examples=12, max_new_tokens=24, max_seq_len=160, generation_batch_size=6, batch_size=4,
                     epochs=10, learning_rate=1e-2, eval_every=10, checkpoint_every=10, held_out_fraction=0.2)
     settings.update(overrides)

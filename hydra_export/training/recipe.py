@@ -19,7 +19,7 @@ class TrainRecipe:
     num_layers: int | None = None  # default per kind (Hydra++: 4)
     # Data: Alpaca-style records; responses from the base model itself (self-distillation)
     # or the records' own outputs (corpus).
-    data: str = "../shared/data/alpaca_5000.json"
+    data: str = "data/alpaca_5000.json"
     num_examples: int = 1000
     responses: str = "self-distill"  # "self-distill" | "corpus"
     corpus_examples: int = 0  # extra records after those, trained on their own (corpus) outputs

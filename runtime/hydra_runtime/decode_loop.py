@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .decode_backend import DecodeBackend
+from .backends.decode_backend import DecodeBackend
 
 
 @dataclass

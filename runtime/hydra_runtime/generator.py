@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend_choice import open_backend
+from .backends.choice import open_backend
 from .chat_tokenizer import ChatTokenizer
-from .decode_backend import DecodeBackend
+from .backends.decode_backend import DecodeBackend
 from .decode_loop import DecodeStats, GraphNames, StopRule, decode
 from .errors import GenerationInputError
 from .manifest import Manifest

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from .decode_backend import HOST_DTYPES, BindingPlan, kv_part, resolve_shape
-from .errors import ArtifactError
-from .manifest import Manifest
+from ..errors import ArtifactError
+from ..manifest import Manifest
 from .onnx_engine import LazyEngines, check_provider
 
 KV_DTYPES = {"float32": np.float32, "float16": np.float16}

@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-from .errors import HydraExportError
+from ..errors import HydraExportError
 
 HOST_TO_DEVICE, DEVICE_TO_HOST = 1, 2
 _WHEEL_PATTERNS = ("nvidia/cuda_runtime/lib/libcudart.so*", "nvidia/cu*/lib/libcudart.so*")

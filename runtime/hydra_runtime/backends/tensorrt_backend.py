@@ -18,8 +18,8 @@ import numpy as np
 
 from .cuda_runtime import CudaError, CudaRuntime
 from .decode_backend import HOST_DTYPES, BindingPlan, kv_part, resolve_shape
-from .errors import ArtifactError, HydraExportError
-from .manifest import Manifest
+from ..errors import ArtifactError, HydraExportError
+from ..manifest import Manifest
 
 KV_ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 

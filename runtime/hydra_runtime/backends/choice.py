@@ -7,8 +7,8 @@ from pathlib import Path
 
 from .cuda_runtime import CudaError, CudaRuntime
 from .decode_backend import DecodeBackend
-from .errors import GenerationInputError
-from .manifest import Manifest
+from ..errors import GenerationInputError
+from ..manifest import Manifest
 
 BACKENDS = ("auto", "cpu", "cuda", "tensorrt")
 

@@ -16,9 +16,9 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from .engine import PAST_PREFIX, PAST_SEQUENCE, PRESENT_PREFIX
-from .errors import ArtifactError
-from .manifest import GraphEntry
+from ..engine import PAST_PREFIX, PAST_SEQUENCE, PRESENT_PREFIX
+from ..errors import ArtifactError
+from ..manifest import GraphEntry
 
 # manifest dtype names (ONNX's, lower-cased) of the non-K/V inputs and outputs -> numpy
 HOST_DTYPES = {"float": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32, "bool": np.bool_}

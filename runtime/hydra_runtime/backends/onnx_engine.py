@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ArtifactError, HydraExportError
+from ..errors import ArtifactError, HydraExportError
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],

@@ -1,0 +1,1 @@
+"""Engine runtimes behind one DecodeBackend protocol: ONNX Runtime (CPU, CUDA) and TensorRT."""
