@@ -1,25 +1,35 @@
 """`hydra-export build`: base model + heads + tree -> an artifact directory.
 
-Everything is written to a staging directory beside the target and renamed into place
-only when complete, so DIR either holds a whole artifact or nothing new.
+The engine graph is traced once, in the target dtype, and its weights are streamed into
+``weights.bin`` from the modules' own tensors, so a build holds the weights once. Every
+file is written to a staging directory beside the target and moved into place only when
+complete (atomic_output), so DIR either holds a whole artifact or nothing new.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import platform
-import shutil
-import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from hydra_runtime.manifest import FORMAT_VERSION, MANIFEST_FILE, sha256_of
+from hydra_runtime.engine import PAST_PREFIX
+from hydra_runtime.manifest import (
+    MANIFEST_FILE,
+    BaseModelInfo,
+    GraphEntry,
+    KvCache,
+    Manifest,
+    TensorSpec,
+    TreeInfo,
+    sha256_of,
+)
 from hydra_runtime.tree import TreeBuffers
 
 from . import __version__
+from .atomic_output import check_replaceable, discard, new_staging, publish
 from .base_model import BaseModel
 from .errors import HydraExportError
 from .heads import DraftHeads
@@ -29,71 +39,89 @@ from .tensorrt_build import TensorRTOptions
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 NUMPY_DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 TARGETS = ("onnx", "tensorrt")
+DEFAULT_DTYPE = {"onnx": "fp32", "tensorrt": "fp16"}  # TensorRT's networks take the graph's types
+DEFAULT_TREE = "tree16"  # when the heads ship no tree.json grown for them
 HEADS_SUBDIR = "heads"
+BUILD_STAGES = 5  # load base model, load heads, trace, write weights, write the rest (+1 for TensorRT)
 
 
 @dataclass(frozen=True)
 class BuildOptions:
     tree_name: str  # preset name or file it came from (identity only)
-    dtype: str = "fp32"
+    dtype: str | None = None  # None: DEFAULT_DTYPE[target]
     max_seq_len: int = 2048
     target: str = "onnx"
-    force: bool = False
-    sampling: bool = True  # also build the *_sample graphs (temperature > 0)
+    force: bool = False  # replace an existing artifact at the output path (never anything else)
     tensorrt: TensorRTOptions = TensorRTOptions()  # used by target "tensorrt"
+
+    @property
+    def resolved_dtype(self) -> str:
+        return self.dtype or DEFAULT_DTYPE.get(self.target, "fp32")
+
+
+def default_tree(heads_dir: Path | None) -> str:
+    """Heads may ship the tree tree-search grew for them (tree.json); otherwise DEFAULT_TREE."""
+    grown = Path(heads_dir) / "tree.json" if heads_dir else None
+    return str(grown) if grown is not None and grown.is_file() else DEFAULT_TREE
+
+
+def is_artifact(path: Path) -> bool:
+    """Whether ``path`` holds one of our artifacts (what --force may replace)."""
+    return (Path(path) / MANIFEST_FILE).is_file() and b'"format_version"' in (Path(path) / MANIFEST_FILE).read_bytes()
+
+
+def check_output(out_dir: Path, force: bool) -> None:
+    check_replaceable(Path(out_dir), force, is_artifact, "a hydra-export artifact")
 
 
 def build_artifact(
     base: BaseModel, heads: DraftHeads, tree: TreeBuffers, out_dir: Path, options: BuildOptions, progress=None
 ) -> Path:
-    """Trace, export and write the artifact. ``progress(description)`` is called per stage."""
-    from .export.graph_specs import build_graph_specs
-    from .export.onnx_export import export_graph, save_with_shared_weights
+    """Trace, export and write the artifact. ``progress(description)`` is called per stage,
+    ``progress(description, done, total)`` while weights are written.
 
-    report = progress or (lambda description: None)
+    Modules not already in the target dtype are converted on copies (the caller's are left
+    as they were); load them in the target dtype to build at the cost of the weights.
+    """
+    from .export.graph_specs import build_engine_spec
+    from .export.onnx_export import export_graph
+
+    report = progress or (lambda description, *done_total: None)
     out_dir = Path(out_dir)
+    options = replace(options, dtype=options.resolved_dtype)
     _check_options(base, heads, tree, out_dir, options)
     dtype = DTYPES[options.dtype]
-    if dtype != base.model.dtype:  # trace copies, leaving the caller's modules as they were
+    if dtype != base.model.dtype:
         base = BaseModel(copy.deepcopy(base.model).to(dtype), base.tokenizer, base.architecture, base.name)
+    if any(parameter.dtype != dtype for parameter in heads.parameters()):
         heads = copy.deepcopy(heads).to(dtype)
+    if base.tokenizer is None:
+        raise HydraExportError("the base model has no tokenizer files; an artifact needs tokenizer.json")
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
+    staging = new_staging(out_dir)
     try:
-        with tempfile.TemporaryDirectory() as scratch:
-            specs = build_graph_specs(base, heads, tree, options.max_seq_len, dtype, sampling=options.sampling)
-            models = {}
-            for spec in specs:
-                report(f"trace {spec.name} graph")
-                models[spec.name] = export_graph(spec, Path(scratch))
-            report("write graphs and shared weights")
-            save_with_shared_weights(models, staging)
+        report("trace the engine graph")
+        spec = build_engine_spec(base, heads, tree, options.max_seq_len, dtype)
+        model = export_graph(spec, staging, progress=lambda done, total: report("write weights", done, total))
         report("write tokenizer, heads and manifest")
-        if base.tokenizer is None:
-            raise HydraExportError("the base model has no tokenizer files; an artifact needs tokenizer.json")
         base.tokenizer.save_pretrained(staging)
         save_heads(heads, staging / HEADS_SUBDIR)
-        manifest = _manifest(base, heads, tree, options, specs, models)
+        manifest = _manifest(base, heads, tree, options, spec, model)
         if options.target == "tensorrt":
-            from .tensorrt_build import build_plans
+            from .tensorrt_build import build_plan
 
-            manifest["tensorrt"] = build_plans(staging, manifest, options.tensorrt, report)
-        manifest["files"] = {str(p.relative_to(staging)): sha256_of(p)
-                             for p in sorted(staging.rglob("*")) if p.is_file()}
-        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
+            manifest = replace(manifest, tensorrt=build_plan(staging, manifest, options.tensorrt, report))
+        files = {str(p.relative_to(staging)): sha256_of(p) for p in sorted(staging.rglob("*"))
+                 if p.is_file() and p.name != ".hydra-export-staging"}
+        replace(manifest, files=files).write(staging)
+        publish(staging, out_dir)
     finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+        discard(staging)
     return out_dir
 
 
 def _check_options(base, heads, tree, out_dir: Path, options: BuildOptions) -> None:
-    if out_dir.exists() and not options.force:
-        raise HydraExportError(f"{out_dir} already exists; pass --force to replace it, or choose another -o")
+    check_output(out_dir, options.force)
     if options.dtype not in DTYPES:
         raise HydraExportError(f"unknown dtype {options.dtype!r}; choose one of {', '.join(DTYPES)}")
     if options.target not in TARGETS:
@@ -113,73 +141,59 @@ def _check_options(base, heads, tree, out_dir: Path, options: BuildOptions) -> N
         )
 
 
-def _tensor_signature(values) -> list[dict]:
+def _tensor_specs(values) -> tuple[TensorSpec, ...]:
     from onnx import TensorProto
 
-    signature = []
+    specs = []
     for value in values:
         tensor_type = value.type.tensor_type
-        shape = [dim.dim_param or dim.dim_value for dim in tensor_type.shape.dim]
-        signature.append({"name": value.name, "dtype": TensorProto.DataType.Name(tensor_type.elem_type).lower(), "shape": shape})
-    return signature
+        shape = tuple(dim.dim_param or dim.dim_value for dim in tensor_type.shape.dim)
+        specs.append(TensorSpec(value.name, TensorProto.DataType.Name(tensor_type.elem_type).lower(), shape))
+    return tuple(specs)
 
 
-def _eos_token_ids(base: BaseModel) -> list[int]:
+def _eos_token_ids(base: BaseModel) -> tuple[int, ...]:
     ids = set()
     for source in (base.model.generation_config, base.config):
         value = getattr(source, "eos_token_id", None)
         ids.update([value] if isinstance(value, int) else list(value or []))
     if base.tokenizer is not None and base.tokenizer.eos_token_id is not None:
         ids.add(int(base.tokenizer.eos_token_id))
-    return sorted(ids)
+    return tuple(sorted(ids))
 
 
-def _manifest(base, heads, tree, options, specs, models) -> dict:
+def _manifest(base, heads, tree, options, spec, model) -> Manifest:
     """Everything but the files' checksums, which come last."""
     import onnx
     import onnxscript
     import transformers
 
-    decoder_spec = next(spec for spec in specs if spec.name == "step").module.decoder
-    return {
-        "format_version": FORMAT_VERSION,
-        "target": options.target,
-        "dtype": options.dtype,
-        "max_seq_len": options.max_seq_len,
-        "sampling": options.sampling,
-        "base_model": {
-            "name": base.name,
-            "model_type": base.config.model_type,
-            "num_layers": base.config.num_hidden_layers,
-            "hidden_size": base.config.hidden_size,
-            "vocab_size": base.config.vocab_size,
-        },
-        "heads": heads.config.to_dict() | {"directory": HEADS_SUBDIR},
-        "tree": {"name": options.tree_name, "num_nodes": tree.num_nodes, "depth": tree.max_depth,
-                 "choices": tree.choices_as_lists()},
-        "kv_cache": {
-            "layout": "[batch=1, sequence, kv_heads, head_dim]",
-            "num_layers": decoder_spec.num_layers + (1 if heads.has_context_layer else 0),
-            "kv_heads": decoder_spec.num_kv_heads,
-            "head_dim": decoder_spec.head_dim,
-            "dtype": NUMPY_DTYPE_NAMES[options.dtype],
-        },
-        "tokenizer": {"eos_token_ids": _eos_token_ids(base)},
-        "graphs": {
-            name: {
-                "file": f"{name}.onnx",
-                "inputs": _tensor_signature(model.graph.input),
-                "outputs": _tensor_signature(model.graph.output),
-            }
-            for name, model in models.items()
-        },
-        "toolchain": {
+    from .export.onnx_export import OPSET
+
+    engine = GraphEntry(file=f"{spec.name}.onnx", inputs=_tensor_specs(model.graph.input),
+                        outputs=_tensor_specs(model.graph.output))
+    past = [entry for entry in engine.inputs if entry.name.startswith(PAST_PREFIX)]
+    return Manifest(
+        target=options.target,
+        dtype=options.dtype,
+        max_seq_len=options.max_seq_len,
+        base_model=BaseModelInfo(name=base.name, model_type=base.config.model_type,
+                                 num_layers=base.config.num_hidden_layers, hidden_size=base.config.hidden_size,
+                                 vocab_size=base.config.vocab_size),
+        heads=heads.config.to_dict() | {"directory": HEADS_SUBDIR},
+        tree=TreeInfo(name=options.tree_name, choices=tuple(tree.choices), num_nodes=tree.num_nodes,
+                      depth=tree.max_depth),
+        kv_cache=KvCache(num_layers=len(past) // 2, kv_heads=past[0].shape[2], head_dim=past[0].shape[3],
+                         dtype=NUMPY_DTYPE_NAMES[options.dtype]),
+        eos_token_ids=_eos_token_ids(base),
+        engine=engine,
+        toolchain={
             "hydra_export": __version__,
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "onnx": onnx.__version__,
             "onnxscript": onnxscript.__version__,
             "python": platform.python_version(),
-            "opset": 18,
+            "opset": OPSET,
         },
-    }
+    )

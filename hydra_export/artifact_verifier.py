@@ -1,7 +1,8 @@
-"""`hydra-export verify`: every graph in ONNX Runtime against its PyTorch module, then an
-end-to-end greedy run of the runtime against the PyTorch reference decoder. Artifacts with
-TensorRT plans also get each plan against ONNX Runtime (Polygraphy) and Hydra decoding on
-the plans against autoregressive decoding on them."""
+"""`hydra-export verify`: the engine in ONNX Runtime against its PyTorch module for every kind of
+call (prefill, tree step, a tree prefix, autoregressive step, greedy and sampled), then an
+end-to-end greedy run of the runtime against the PyTorch reference decoder. Artifacts with a
+TensorRT plan also get the plan against ONNX Runtime (Polygraphy) and Hydra decoding on the
+plan against autoregressive decoding on it."""
 
 from __future__ import annotations
 
@@ -11,19 +12,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hydra_runtime.backends.decode_backend import is_kv
+from hydra_runtime.engine import INPUT_IDS, NEXT_TREE_TOKENS, PAST_PREFIX, PRESENT_PREFIX, TREE_TOKENS
 from hydra_runtime.generator import Generator
-from hydra_runtime.manifest import Manifest
+from hydra_runtime.manifest import Manifest, inside_artifact
 from hydra_runtime.sampling import SamplingConfig
 from hydra_runtime.tree import TreeBuffers
 
 from .artifact_builder import DTYPES
 from .base_model import load_base_model
 from .decoding.reference_decoder import ReferenceDecoder
-from .export.graph_specs import TorchEngine, build_graph_specs
+from .export.graph_specs import TorchEngine, build_engine_spec
 from .heads.reference_formats import load_heads
 from .output_comparison import OutputComparison, compare_outputs
 
 DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 1e-1}
+KV_NUMPY = {"float": np.float32, "float16": np.float16}  # bf16 artifacts are refused by the CPU backend first
 SAMPLE_PROMPT = "Explain in two sentences why the sky is blue."
 
 
@@ -49,6 +53,19 @@ class VerifyReport:
         return numeric and self.polygraphy_passed and self.lossless
 
 
+def engine_cases(prompt_ids: list[int], tree_nodes: int) -> dict[str, dict]:
+    """Feeds for each kind of engine call, before any K/V exists (the past comes from the prefill):
+    name -> (input_ids, tree_tokens, sampling settings)."""
+    greedy, sampled = SamplingConfig().engine_feeds(0.0), SamplingConfig(temperature=0.8).engine_feeds(0.6)
+    prompt = np.asarray(prompt_ids, dtype=np.int64)
+    root = prompt[-1:]
+    return {
+        "prefill": {INPUT_IDS: prompt[:-1], TREE_TOKENS: np.repeat(root, tree_nodes), **greedy},
+        "prefill, sampled": {INPUT_IDS: prompt[:-1], TREE_TOKENS: np.repeat(root, tree_nodes), **sampled},
+        "prefill, autoregressive": {INPUT_IDS: prompt[:-1], TREE_TOKENS: root, **greedy},
+    }
+
+
 @torch.no_grad()
 def verify_artifact(
     artifact_dir: Path, model: str | None = None, tolerance: float | None = None,
@@ -57,48 +74,43 @@ def verify_artifact(
     report_stage = progress or (lambda description: None)
     artifact_dir = Path(artifact_dir)
     manifest = Manifest.read(artifact_dir)
-    dtype_name = manifest.data["dtype"]
-    report = VerifyReport(tolerance=tolerance if tolerance is not None else DEFAULT_TOLERANCE[dtype_name])
+    report = VerifyReport(tolerance=tolerance if tolerance is not None else DEFAULT_TOLERANCE[manifest.dtype])
 
     report_stage("load the PyTorch reference")
-    base = load_base_model(model or manifest.data["base_model"]["name"])
-    heads = load_heads(artifact_dir / manifest.data["heads"]["directory"], base.config)
+    dtype = DTYPES[manifest.dtype]
+    base = load_base_model(model or manifest.base_model.name, dtype=dtype)
+    heads = load_heads(inside_artifact(artifact_dir, manifest.heads["directory"]), base.config).to(dtype)
     tree = TreeBuffers.from_choices(manifest.tree_choices)
-    dtype = DTYPES[dtype_name]
-    base.model.to(dtype)
-    heads.to(dtype)
-    sampling = bool(manifest.data.get("sampling"))
-    specs = {spec.name: spec
-             for spec in build_graph_specs(base, heads, tree, manifest.max_seq_len, dtype, sampling=sampling)}
+    torch_engine = TorchEngine(build_engine_spec(base, heads, tree, manifest.max_seq_len, dtype))
 
-    report_stage("compare every graph with ONNX Runtime")
+    report_stage("compare the engine with PyTorch, call by call")
     generator = Generator.load(artifact_dir, backend="cpu", verify_checksums=False)
-    engines = generator.backend.engines  # its plain ONNX Runtime sessions, for output-by-output checks
+    onnx_engine = generator.backend.engine  # its ONNX Runtime session, for output-by-output checks
     prompt_ids = generator.encode(SAMPLE_PROMPT)[: manifest.max_seq_len // 2]
-    feeds_by_graph = {}
-    for suffix, controls in (("", {}), ("_sample", SamplingConfig(temperature=0.8).engine_feeds(0.6))):
-        if "prefill" + suffix not in specs:
-            continue
-        prefill_feeds = {"input_ids": np.asarray(prompt_ids, dtype=np.int64), **controls}
-        torch_prefill = TorchEngine(specs["prefill" + suffix]).run(prefill_feeds)
-        onnx_prefill = engines["prefill" + suffix].run(prefill_feeds)
-        report.comparisons += compare_outputs("prefill" + suffix, onnx_prefill, torch_prefill)
-        feeds_by_graph["prefill" + suffix] = prefill_feeds
-        for name in ("step" + suffix, "decode" + suffix):
-            engine = engines[name]
-            past = {key.replace("present.", "past_key_values."): value
-                    for key, value in torch_prefill.items() if key.startswith("present.")}
-            feeds = {key: value for key, value in past.items() if key in engine.input_names} | controls
-            tokens = torch_prefill["tree_tokens"]
-            feeds["tree_tokens"] = tokens if name.startswith("step") else tokens[:1]
-            report.comparisons += compare_outputs(name, engine.run(feeds), TorchEngine(specs[name]).run(feeds))
-            feeds_by_graph[name] = feeds
+    empty = {name: np.zeros((1, 0, *spec.shape[2:]), dtype=KV_NUMPY[spec.dtype])
+             for name, spec in ((spec.name, spec) for spec in manifest.engine.inputs) if is_kv(name)}
+    feeds_by_case = {}
+    for case, host in engine_cases(prompt_ids, tree.num_nodes).items():
+        feeds = host | empty
+        expected = torch_engine.run(feeds)
+        report.comparisons += compare_outputs(case, onnx_engine.run(feeds), expected)
+        feeds_by_case[case] = feeds
+        if case == "prefill":  # then a tree step and an autoregressive step on the prefill's K/V
+            past = {name.replace(PRESENT_PREFIX, PAST_PREFIX): value[:, : len(prompt_ids)]
+                    for name, value in expected.items() if name.startswith(PRESENT_PREFIX)}
+            tree_tokens = expected[NEXT_TREE_TOKENS]
+            for step, tokens in (("tree step", tree_tokens), ("tree step, 3 nodes", tree_tokens[:3]),
+                                 ("autoregressive step", tree_tokens[:1])):
+                step_feeds = {**host, INPUT_IDS: host[INPUT_IDS][:0], TREE_TOKENS: tokens} | past
+                report.comparisons += compare_outputs(step, onnx_engine.run(step_feeds),
+                                                      torch_engine.run(step_feeds))
+                feeds_by_case[step] = step_feeds
 
-    if "tensorrt" in manifest.data:
-        from .tensorrt_verifier import compare_plans, hydra_and_autoregressive_tokens
+    if manifest.tensorrt is not None:
+        from .tensorrt_verifier import compare_plan, hydra_and_autoregressive_tokens
 
-        report_stage("compare every TensorRT plan with ONNX Runtime (Polygraphy)")
-        rows, report.polygraphy_passed = compare_plans(artifact_dir, manifest, feeds_by_graph, report.tolerance)
+        report_stage("compare the TensorRT plan with ONNX Runtime (Polygraphy)")
+        rows, report.polygraphy_passed = compare_plan(artifact_dir, manifest, feeds_by_case, report.tolerance)
         report.comparisons += rows
         hydra, autoregressive = hydra_and_autoregressive_tokens(artifact_dir, prompt_ids, max_new_tokens)
         report.tensorrt_tokens = {"hydra": hydra, "autoregressive": autoregressive}
@@ -108,4 +120,5 @@ def verify_artifact(
     decoder = ReferenceDecoder(base, heads, tree, max_seq_len=manifest.max_seq_len)
     result = decoder.generate(prompt_ids, max_new_tokens, eos_token_ids=tuple(manifest.eos_token_ids))
     report.reference_tokens = result.tokens
+    generator.close()
     return report

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,8 +51,20 @@ class BaseModel:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_model(self.model, str(out_dir / "model.safetensors"))  # shared (tied) tensors stored once
         self.config.save_pretrained(out_dir)
+        clean_saved_config(out_dir / "config.json", type(self.model).__name__, str(self.model.dtype).removeprefix("torch."))
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(out_dir)
+
+
+def clean_saved_config(path: Path, architecture: str, dtype: str) -> None:
+    """Make a saved config.json what other tools expect of a plain safetensors directory: its
+    architecture named, its dtype the weights', and no GGUF quantization block (the weights
+    were de-quantized when loaded)."""
+    config = json.loads(path.read_text())
+    config.pop("quantization_config", None)
+    config["architectures"] = config.get("architectures") or [architecture]
+    config["dtype"] = config["torch_dtype"] = dtype  # "float32", "float16", "bfloat16"
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def wrap_model(model: PreTrainedModel, tokenizer=None, name: str = "in-memory") -> BaseModel:

@@ -30,16 +30,24 @@ def read_prompts(path: Path, limit: int | None = None, turns: int = 1) -> list[C
     if turns not in (1, 2):
         raise HydraExportError(f"--turns must be 1 or 2, got {turns}")
     conversations = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    try:
+        lines = path.read_bytes().decode("utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise HydraExportError(f"cannot read prompts from {path}: {error}; expected UTF-8 jsonl") from None
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
             raise HydraExportError(f"{path}:{number} is not JSON ({error}); expected one JSON object per line") from None
+        if not isinstance(record, dict):
+            raise HydraExportError(f"{path}:{number} is not a JSON object; expected {{\"turns\": [...]}} per line")
         texts = record.get("turns") or ([record["prompt"]] if "prompt" in record else None)
-        if not texts:
-            raise HydraExportError(f"{path}:{number} has neither 'turns' nor 'prompt'")
+        if isinstance(texts, str) or not isinstance(texts, list) or not texts or not all(
+                isinstance(text, str) and text for text in texts):
+            raise HydraExportError(f"{path}:{number} needs 'turns' (a list of non-empty strings) or 'prompt' "
+                                   f"(a non-empty string), got {texts!r:.80}")
         conversations.append(Conversation(str(record.get("question_id", number)), tuple(texts[:turns])))
         if limit is not None and len(conversations) >= limit:
             break
@@ -98,17 +106,18 @@ def run_benchmark(
     conversations: list[Conversation],
     max_new_tokens: int,
     transformers: TransformersBaseline | None = None,
-    advance=lambda: None,
+    advance=lambda rates: None,
     modes: tuple[str, ...] = ("hydra", "autoregressive"),
 ) -> dict:
-    """Per prompt, each of ``modes`` on the same engines (alternating which goes first)."""
+    """Per prompt, each of ``modes`` on the same engine (alternating which goes first).
+    ``advance(rates)`` is called after each prompt with the tokens/s of each mode so far."""
     totals = {mode: ModeTotals() for mode in modes}
     if transformers is not None:
         totals["transformers"] = ModeTotals()
     samples = []
     eos = generator.manifest.eos_token_ids
     warm_up_ids = generator.encode(conversations[0].turns[0])
-    for mode in modes:  # load every engine and touch its buffers before anything is timed
+    for mode in modes:  # touch the engine's buffers and code paths before anything is timed
         generator.generate_ids(warm_up_ids, 8, mode=mode)
     for index, conversation in enumerate(conversations):
         messages: list[dict] = []
@@ -140,7 +149,7 @@ def run_benchmark(
                 sample["identical_to_transformers"] = ids == results[modes[-1]][0]
             samples.append(sample)
             messages.append({"role": "assistant", "content": generator.tokenizer.decode(results[modes[0]][0])})
-        advance()
+        advance({mode: t.summary()["tokens_per_second"] for mode, t in totals.items()})
     summary = {mode: t.summary() for mode, t in totals.items()}
     rate = {mode: values["tokens_per_second"] for mode, values in summary.items()}
     for faster, slower in (("hydra", "autoregressive"), ("autoregressive", "transformers"), ("hydra", "transformers")):

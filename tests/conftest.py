@@ -79,16 +79,15 @@ def artifacts(tmp_path_factory, model_dirs):
 
     built = {}
 
-    def get(model: str, kind: str, tree: str = "tree16", max_seq_len: int = 256, sampling: bool = False,
-            draft_vocab_size: int = 0, dtype: str = "fp32", target: str = "onnx"):
-        key = (model, kind, tree, max_seq_len, sampling, draft_vocab_size, dtype, target)
+    def get(model: str, kind: str, tree: str = "tree16", max_seq_len: int = 256, draft_vocab_size: int = 0,
+            dtype: str = "fp32", target: str = "onnx"):
+        key = (model, kind, tree, max_seq_len, draft_vocab_size, dtype, target)
         if key not in built:
             base = load_base_model(model_dirs[model])
             heads = random_heads(base, kind, draft_vocab_size=draft_vocab_size)
             root = tmp_path_factory.mktemp("artifact")
             save_heads(heads, root / "heads")
-            options = BuildOptions(tree_name=tree, max_seq_len=max_seq_len, sampling=sampling, dtype=dtype,
-                                   target=target)
+            options = BuildOptions(tree_name=tree, max_seq_len=max_seq_len, dtype=dtype, target=target)
             built[key] = build_artifact(base, heads, TreeBuffers.from_name(tree), root / "artifact", options)
         return built[key]
 

@@ -33,7 +33,7 @@ def test_unknown_backend_is_named(artifacts):
 
 
 def test_tensorrt_backend_needs_plans(artifacts):
-    with pytest.raises(ArtifactError, match="holds no TensorRT plans.*--target tensorrt"):
+    with pytest.raises(ArtifactError, match="holds no TensorRT plan.*--target tensorrt"):
         Generator.load(artifacts("llama", "hydra"), backend="tensorrt")
 
 
@@ -53,16 +53,18 @@ def test_missing_cuda_runtime_is_a_clear_error(monkeypatch):
     assert gpu_count() == 0
 
 
-def test_tensorrt_profiles_cover_empty_to_full_cache():
-    manifest = {"prefill": [{"name": "input_ids", "dtype": "int64", "shape": ["prompt_sequence"]}],
-                "step": [{"name": "tree_tokens", "dtype": "int64", "shape": [6]},
-                         {"name": "past_key_values.0.key", "dtype": "float16", "shape": [1, "past_sequence", 3, 64]}]}
-    options = TensorRTOptions(opt_prompt_len=128, opt_past_len=512)
-    assert profile_shapes(manifest["prefill"], 2048, options) == {"input_ids": [[1], [128], [2047]]}
-    assert profile_shapes(manifest["step"], 256, options) == {
-        "past_key_values.0.key": [[1, 0, 3, 64], [1, 255, 3, 64], [1, 255, 3, 64]]}
+def test_tensorrt_profile_covers_prompts_trees_and_empty_to_full_cache():
+    from hydra_runtime.manifest import TensorSpec
+
+    inputs = (TensorSpec("input_ids", "int64", ("new_tokens",)), TensorSpec("tree_tokens", "int64", ("tree_nodes",)),
+              TensorSpec("temperature", "float", ()),
+              TensorSpec("past_key_values.0.key", "float16", (1, "past_sequence", 3, 64)))
+    options = TensorRTOptions(opt_past_len=512)
+    assert profile_shapes(inputs, 2048, 16, options) == {
+        "input_ids": [[0], [0], [512]], "tree_tokens": [[1], [16], [16]],
+        "past_key_values.0.key": [[1, 0, 3, 64], [1, 512, 3, 64], [1, 2047, 3, 64]]}
     with pytest.raises(HydraExportError, match="symbolic dims \\['batch'\\]"):
-        profile_shapes([{"name": "x", "dtype": "float", "shape": ["batch", 4]}], 256, options)
+        profile_shapes((TensorSpec("x", "float", ("batch", 4)),), 256, 16, options)
 
 
 @no_gpu
@@ -91,13 +93,17 @@ def test_polygraphy_comparison_of_two_runners(artifacts):
     """The plumbing `verify` uses for TensorRT vs ONNX Runtime, with ONNX Runtime on both sides."""
     from hydra_export.tensorrt_verifier import compare_runners, onnxruntime_runner
 
+    from hydra_export.artifact_verifier import engine_cases
+
     artifact = artifacts("llama", "hydra++")
     manifest = Manifest.read(artifact)
-    feeds = {"input_ids": np.array([5, 9, 33, 7], dtype=np.int64)}
-    path = artifact / manifest.graphs["prefill"].file
+    empty = {spec.name: np.zeros((1, 0, *spec.shape[2:]), np.float32)
+             for spec in manifest.engine.inputs if spec.name.startswith("past_key_values.")}
+    feeds = engine_cases([5, 9, 33, 7], manifest.tree.num_nodes)["prefill"] | empty
+    path = artifact / manifest.engine.file
     rows, passed = compare_runners("prefill", onnxruntime_runner(path), onnxruntime_runner(path), feeds, 1e-5)
     assert passed
-    assert {row.output for row in rows} >= {"tree_tokens", "present.0.key"}
+    assert {row.output for row in rows} >= {"next_tree_tokens", "accepted_count", "present.0.key"}
     assert all(row.exact for row in rows if row.exact is not None)
     assert all(row.max_abs_error == 0 for row in rows if row.exact is None)
 
@@ -116,12 +122,15 @@ def test_fp16_artifact_with_half_precision_cache_is_lossless_on_cpu(artifacts):
 @pytest.fixture()
 def artifact_with_plans(artifacts, tmp_path):
     """A CPU artifact whose manifest also lists a (placeholder) TensorRT plan, as a GPU build writes it."""
+    from hydra_runtime.manifest import sha256_of
+
     copy = tmp_path / "with-plans"
     shutil.copytree(artifacts("llama", "hydra"), copy)
-    (copy / "step.plan").write_bytes(b"\0" * 2048)
+    (copy / "engine.plan").write_bytes(b"\0" * 2048)
     manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["tensorrt"] = {"version": "10.13.0", "plans": {"step": "step.plan"}, "optimization_level": 3,
-                            "build_seconds": {"step": 12.5}, "profiles": {}, "timing_cache": "timing.cache"}
+    manifest["tensorrt"] = {"version": "10.13.0", "plan": "engine.plan", "optimization_level": 3,
+                            "build_seconds": 12.5, "profile": {}, "timing_cache": "timing.cache"}
+    manifest["files"]["engine.plan"] = sha256_of(copy / "engine.plan")
     (copy / "manifest.json").write_text(json.dumps(manifest))
     return copy
 
@@ -129,8 +138,8 @@ def artifact_with_plans(artifacts, tmp_path):
 def test_inspect_shows_tensorrt_plans(artifact_with_plans):
     result = CliRunner().invoke(app, ["inspect", str(artifact_with_plans)])
     assert result.exit_code == 0, result.output
-    assert "TensorRT 10.13.0: 1 plans" in result.output and "built in 12 s" in result.output
-    assert "step.onnx + step.plan" in result.output
+    assert "TensorRT 10.13.0: 1 plan" in result.output and "built in 12 s" in result.output
+    assert "engine.onnx + engine.plan" in result.output
 
 
 @no_gpu

@@ -1,98 +1,79 @@
-"""The artifact's graphs: which module, which named inputs/outputs, which dims are dynamic."""
+"""The artifact's engine graph: its module, named inputs/outputs, sample inputs and dynamic dims."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from hydra_runtime.engine import PAST_SEQUENCE, past_key_name, present_name
+from hydra_runtime.engine import (
+    ENGINE_GRAPH,
+    HOST_INPUTS,
+    HOST_OUTPUTS,
+    INPUT_IDS,
+    MAX_SEQ_LEN_METADATA,
+    NEXT_TREE_TOKENS,
+    NEW_TOKENS,
+    PAST_SEQUENCE,
+    PRESENT_SEQUENCE,
+    TREE_METADATA,
+    TREE_NODES,
+    TREE_TOKENS,
+    past_key_name,
+    present_name,
+)
 from hydra_runtime.tree import TreeBuffers
 
 from ..base_model import BaseModel
 from ..heads import DraftHeads
 from .flat_decoder import FlatDecoder
-from .graphs import SAMPLING_INPUTS, PrefillGraph, StepGraph
+from .graphs import EngineGraph
 
 SAMPLE_PAST = 5  # sample lengths used for tracing; the exported dims stay dynamic
-SAMPLE_PROMPT = 7
+SAMPLE_NEW_TOKENS = 3
 
 
 @dataclass(frozen=True)
 class GraphSpec:
-    name: str  # "prefill" | "step" | "decode"
+    name: str
     module: nn.Module
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
     sample_inputs: tuple[torch.Tensor, ...]
     dynamic_dims: dict[str, dict[int, str]]  # input or output name -> {axis: symbolic dim name}
+    dim_ranges: dict[str, tuple[int, int]]  # symbolic dim -> (min, max) for tracing
+    metadata: dict[str, str]  # the engine's metadata_props (what it bakes in, for the runtime's checks)
 
 
 def kv_names(prefix_fn, layers: int) -> tuple[str, ...]:
     return tuple(prefix_fn(layer, part) for layer in range(layers) for part in ("key", "value"))
 
 
-def sampling_samples() -> tuple[torch.Tensor, ...]:
-    """temperature, posterior_threshold, posterior_alpha, random_uniform (float32 scalars)."""
-    return tuple(torch.tensor(value) for value in (0.7, 0.09, 0.3, 0.5))
-
-
-def build_graph_specs(
-    base: BaseModel, heads: DraftHeads, tree: TreeBuffers, max_seq_len: int, dtype: torch.dtype,
-    sampling: bool = False,
-) -> list[GraphSpec]:
-    """prefill, step and decode graphs; with ``sampling``, also their *_sample variants."""
-    decoder = FlatDecoder(base, max_seq_len, dtype).eval()
-    specs = []
-    for sample in (False, True) if sampling else (False,):
-        specs += _graph_family(base, decoder, heads, tree, dtype, sample)
-    return specs
-
-
-def _graph_family(base, decoder: FlatDecoder, heads: DraftHeads, tree: TreeBuffers, dtype, sampling: bool):
-    suffix = "_sample" if sampling else ""
-    controls = SAMPLING_INPUTS if sampling else ()
-    control_samples = sampling_samples() if sampling else ()
-    base_layers = decoder.num_layers
-    spec_layers = base_layers + (1 if heads.has_context_layer else 0)
+def build_engine_spec(base: BaseModel, heads: DraftHeads, tree: TreeBuffers, max_seq_len: int,
+                      dtype: torch.dtype) -> GraphSpec:
+    """The one engine graph (see EngineGraph) over ``base`` and ``heads`` with ``tree`` baked in."""
+    # Rotary tables cover every position a call can touch: unaccepted path rows reach past max_seq_len.
+    decoder = FlatDecoder(base, max_seq_len + tree.max_depth + 1, dtype).eval()
+    layers = decoder.num_layers + (1 if heads.has_context_layer else 0)
     kv_shape = (1, SAMPLE_PAST, decoder.num_kv_heads, decoder.head_dim)
-
-    def past_samples(layers):
-        return tuple(torch.randn(kv_shape, dtype=dtype) for _ in range(2 * layers))
-
-    def past_dims(layers):
-        return {name: {1: PAST_SEQUENCE} for name in kv_names(past_key_name, layers)}
-
-    prefill = GraphSpec(
-        name="prefill" + suffix,
-        module=PrefillGraph(decoder, heads, tree, sampling).eval(),
-        input_names=("input_ids", *controls),
-        output_names=("tree_tokens", *kv_names(present_name, spec_layers)),
-        sample_inputs=(torch.randint(0, base.config.vocab_size, (SAMPLE_PROMPT,)), *control_samples),
-        dynamic_dims={"input_ids": {0: "prompt_sequence"}}
-        | {name: {1: "prompt_sequence"} for name in kv_names(present_name, spec_layers)},
+    vocab = base.config.vocab_size
+    controls = tuple(torch.tensor(value) for value in (0.7, 0.09, 0.3, 0.5))  # temperature, threshold, alpha, uniform
+    return GraphSpec(
+        name=ENGINE_GRAPH,
+        module=EngineGraph(decoder, heads, tree).eval(),
+        input_names=(*HOST_INPUTS, *kv_names(past_key_name, layers)),
+        output_names=(*HOST_OUTPUTS, *kv_names(present_name, layers)),
+        sample_inputs=(torch.randint(0, vocab, (SAMPLE_NEW_TOKENS,)), torch.randint(0, vocab, (tree.num_nodes,)),
+                       *controls, *(torch.randn(kv_shape, dtype=dtype) for _ in range(2 * layers))),
+        dynamic_dims={INPUT_IDS: {0: NEW_TOKENS}, TREE_TOKENS: {0: TREE_NODES}, NEXT_TREE_TOKENS: {0: TREE_NODES}}
+        | {name: {1: PAST_SEQUENCE} for name in kv_names(past_key_name, layers)}
+        | {name: {1: PRESENT_SEQUENCE} for name in kv_names(present_name, layers)},
+        dim_ranges={NEW_TOKENS: (0, max_seq_len), TREE_NODES: (1, tree.num_nodes),
+                    PAST_SEQUENCE: (0, max_seq_len + tree.max_depth + 1)},
+        metadata={TREE_METADATA: json.dumps(tree.choices_as_lists()), MAX_SEQ_LEN_METADATA: str(max_seq_len)},
     )
-    step_outputs = ("next_tree_tokens", "accepted_nodes", "accepted_count")
-    step = GraphSpec(
-        name="step" + suffix,
-        module=StepGraph(decoder, heads, tree, sampling).eval(),
-        input_names=("tree_tokens", *controls, *kv_names(past_key_name, spec_layers)),
-        output_names=(*step_outputs, *kv_names(present_name, spec_layers)),
-        sample_inputs=(torch.randint(0, base.config.vocab_size, (tree.num_nodes,)), *control_samples,
-                       *past_samples(spec_layers)),
-        dynamic_dims=past_dims(spec_layers),
-    )
-    root_only = TreeBuffers.from_choices([])
-    decode = GraphSpec(
-        name="decode" + suffix,
-        module=StepGraph(decoder, None, root_only, sampling).eval(),
-        input_names=("tree_tokens", *controls, *kv_names(past_key_name, base_layers)),
-        output_names=(*step_outputs, *kv_names(present_name, base_layers)),
-        sample_inputs=(torch.randint(0, base.config.vocab_size, (1,)), *control_samples, *past_samples(base_layers)),
-        dynamic_dims=past_dims(base_layers),
-    )
-    return [prefill, step, decode]
 
 
 class TorchEngine:

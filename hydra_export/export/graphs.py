@@ -1,16 +1,11 @@
-"""The modules traced into the artifact's graphs.
+"""The module traced into the artifact's one engine graph (EngineGraph).
 
-- PrefillGraph: prompt -> its K/V and the first draft tree (root = the base model's token).
-- StepGraph: one whole decode step in one engine call: verify the tree, accept the
-  longest agreeing path (greedy), gather the accepted K/V rows, run the context layer
-  (Hydra++), and draft the next tree. Only token ids, a count and D+1 K/V rows per layer
-  leave the engine; no vocab-sized tensor does.
-- With an empty tree and no heads, StepGraph is the plain autoregressive decode step
-  (the baseline the runtime compares against).
-- With ``sampling=True`` the graphs take four scalar inputs (temperature,
-  posterior_threshold, posterior_alpha, random_uniform): nodes are accepted by typical
-  acceptance and the root is sampled by inverse CDF (hydra_runtime.sampling), so a seeded
-  engine run matches the reference decoder.
+One call per decode step: append causal tokens (the prompt at prefill) and a prefix of the
+static tree, verify the tree, accept the longest agreeing path (greedy, or typical
+acceptance when temperature > 0), gather the accepted K/V rows, run the context layer
+(Hydra++), and draft the next tree. Only token ids, a count and the accepted K/V rows leave
+the engine; no vocab-sized tensor does. Greedy and sampling, drafting or not, are chosen by
+inputs through ``torch.cond`` (ONNX ``If``), so the branch not taken costs nothing.
 
 Every tree constant (mask, depths, paths, expansion plan) is a buffer, hence a graph
 constant. N = tree nodes, D = tree depth, P = cached positions, kv/d = KV heads/head dim.
@@ -39,23 +34,21 @@ def causal_bias(length: int | torch.Tensor, past: int | torch.Tensor, dtype: tor
     return additive_bias(cols <= rows, dtype)
 
 
-SAMPLING_INPUTS = ("temperature", "posterior_threshold", "posterior_alpha", "random_uniform")
-
-
 def sample_token(logits: torch.Tensor, temperature: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     """logits [V] -> [1]: the first index whose cumulative probability reaches ``uniform``."""
     cdf = torch.cumsum(torch.softmax(logits.float() / temperature, dim=-1), dim=-1)
-    index = (cdf < uniform * cdf[-1]).to(torch.int64).sum()
+    index = (cdf < uniform * cdf[-1]).float().sum().to(torch.int64)  # float sum: no int64 reductions on GPUs
     return torch.clamp(index, max=logits.shape[-1] - 1).reshape(1)
 
 
 class TreeDrafter(nn.Module):
     """Drafts a whole tree from the root token and the heads' context (one head call per depth)."""
 
-    def __init__(self, heads: DraftHeads | None, tree: TreeBuffers, projections: BaseProjections):
+    def __init__(self, heads: DraftHeads, tree: TreeBuffers, projections: BaseProjections):
         super().__init__()
         self.heads = heads
         self.projections = projections
+        self.depth_plans = tree.depth_plans
         self.plans = [
             (
                 plan.depth,
@@ -71,16 +64,23 @@ class TreeDrafter(nn.Module):
             # Where each child sits in the flattened [n_parents * top_k] candidates.
             self.register_buffer(f"pick_{plan.depth}", _const(plan.child_parent_slot * plan.top_k + plan.child_rank))
 
-    def forward(self, root: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """root [1] int64, context [H] -> tree tokens [N] in node order."""
+    def forward(self, root: torch.Tensor, context: torch.Tensor, nodes) -> torch.Tensor:
+        """root [1] int64, context [H] -> the first ``nodes`` tree tokens [nodes] in node order.
+
+        Heads run only on the parents of those nodes (children are ordered by parent slot, so
+        the first c children of a depth need at most its first c parents): a one-node tree
+        (the autoregressive step) runs no head at all.
+        """
         tokens = root
         for depth, top_k, path_name, pick_name in self.plans:
-            path_tokens = tokens[getattr(self, path_name)]  # [n_parents, depth]
-            parents = path_tokens.shape[0]
+            plan = self.depth_plans[depth - 1]
+            children = torch.sym_max(0, torch.sym_min(nodes - plan.child_start, plan.child_stop - plan.child_start))
+            parents = torch.sym_min(children, len(plan.parent_nodes))
+            path_tokens = tokens[getattr(self, path_name)[:parents]]  # [parents, depth]
             top = self.heads.draft_candidates(
                 depth - 1, context.expand(parents, -1), path_tokens, self.projections, top_k
-            )  # [n_parents, top_k]
-            tokens = torch.cat([tokens, top.reshape(-1)[getattr(self, pick_name)]])
+            )  # [parents, top_k]
+            tokens = torch.cat([tokens, top.reshape(-1)[getattr(self, pick_name)[:children]]])
         return tokens
 
 
@@ -100,47 +100,33 @@ class ContextLayer(nn.Module):
         return self.norm(out), key, value
 
 
-class PrefillGraph(nn.Module):
-    def __init__(self, decoder: FlatDecoder, heads: DraftHeads | None, tree: TreeBuffers, sampling: bool = False):
+class EngineGraph(nn.Module):
+    """The artifact's one engine: prefill, the tree step and the autoregressive step in one graph.
+
+    A call appends ``T >= 0`` causal tokens (``input_ids``: the prompt but its last token at
+    prefill, none in steady state) and the first ``n`` nodes of the static tree
+    (``tree_tokens``, 1 <= n <= N; nodes are stored parents-first, so a prefix is a valid
+    tree) to the cached sequence, verifies the tree, accepts the longest agreeing path, and
+    drafts the first n nodes of the next tree. n = 1 is the autoregressive step (no head
+    runs); a smaller n serves the end of the context. While causal tokens are given (the
+    prefill) only the root is verified: the other n - 1 nodes only size the next draft.
+
+    Inputs: input_ids [T], tree_tokens [n], temperature [] (0: greedy; > 0: typical
+    acceptance and a sampled root), posterior_threshold [], posterior_alpha [],
+    random_uniform [], past K/V [1, P, kv, d] per layer (context layer last).
+    Outputs: next_tree_tokens [n], accepted_nodes [D+1] (valid up to accepted_count),
+    accepted_count [] (>= 1), and per layer K/V [1, T+D+1, kv, d]: the T causal rows, then
+    the rows of accepted_nodes. The runtime keeps T + accepted_count of them.
+    """
+
+    def __init__(self, decoder: FlatDecoder, heads: DraftHeads, tree: TreeBuffers):
         super().__init__()
-        self.sampling = sampling
-        self.decoder = decoder
-        self.drafter = TreeDrafter(heads, tree, BaseProjections(decoder.embed_tokens, decoder.lm_head))
-        self.context_layer = ContextLayer(heads, decoder) if heads is not None and heads.has_context_layer else None
-        self.kv_shape = (1, 0, decoder.num_kv_heads, decoder.head_dim)
-
-    def forward(self, input_ids: torch.Tensor, *controls: torch.Tensor):
-        """input_ids [T] (+ the SAMPLING_INPUTS scalars when sampling) ->
-        tree_tokens [N], present K/V [1, T, kv, d] per layer (context layer last)."""
-        t = input_ids.shape[0]
-        dtype = self.decoder.rotary.cos.dtype
-        empty = torch.zeros(self.kv_shape, dtype=dtype)
-        bias = causal_bias(t, 0, dtype)
-        positions = torch.arange(t)
-        hidden, present = self.decoder(input_ids, positions, [empty] * (2 * self.decoder.num_layers), bias)
-        last_logits = self.decoder.lm_head(hidden[-1])  # [V]
-        if self.sampling:
-            temperature, _, _, uniform = controls
-            root = sample_token(last_logits, temperature, uniform)
-        else:
-            root = torch.argmax(last_logits, dim=-1).reshape(1)
-        context = hidden[-1]
-        if self.context_layer is not None:
-            out, key, value = self.context_layer(hidden, positions, empty, empty, bias)
-            context = out[-1]
-            present = [*present, key, value]
-        return (self.drafter(root, context), *present)
-
-
-class StepGraph(nn.Module):
-    def __init__(self, decoder: FlatDecoder, heads: DraftHeads | None, tree: TreeBuffers, sampling: bool = False):
-        super().__init__()
-        self.sampling = sampling
         dtype = decoder.rotary.cos.dtype
         self.decoder = decoder
         self.drafter = TreeDrafter(heads, tree, BaseProjections(decoder.embed_tokens, decoder.lm_head))
-        self.context_layer = ContextLayer(heads, decoder) if heads is not None and heads.has_context_layer else None
+        self.context_layer = ContextLayer(heads, decoder) if heads.has_context_layer else None
         self.num_base_kv = 2 * decoder.num_layers
+        self.num_nodes = tree.num_nodes
         self.path_length = tree.max_depth + 1
         paths = tree.retrieve_paths
         self.register_buffer("depths", _const(tree.depths))  # [N]
@@ -152,55 +138,72 @@ class StepGraph(nn.Module):
         self.register_buffer("path_present", _const(paths[:, 1:] >= 0))  # [L, D]
         self.register_buffer("path_offsets", torch.arange(self.path_length))  # [D+1]
 
-    def forward(self, tree_tokens: torch.Tensor, *inputs: torch.Tensor):
-        """tree_tokens [N] (+ the SAMPLING_INPUTS scalars when sampling); past: K/V [1, P, kv, d]
-        per layer (context layer last).
-
-        Returns next_tree_tokens [N], accepted_nodes [D+1] (valid up to accepted_count),
-        accepted_count [] (>= 1), and per layer the K/V rows of accepted_nodes [1, D+1, kv, d].
-        """
-        controls, past = (inputs[:4], inputs[4:]) if self.sampling else ((), inputs)
+    def forward(self, input_ids, tree_tokens, temperature, posterior_threshold, posterior_alpha, random_uniform,
+                *past):
         base_past = list(past[: self.num_base_kv])
         p = base_past[0].shape[1]
+        t = input_ids.shape[0]
         n = tree_tokens.shape[0]
-        bias = torch.cat([torch.zeros(n, p, dtype=self.tree_bias.dtype), self.tree_bias], dim=1)  # [N, P+N]
-        hidden, present = self.decoder(tree_tokens, p + self.depths, base_past, bias)  # [N, H]
-        logits = self.decoder.lm_head(hidden)  # [N, V]
-        if self.sampling:
-            node_ok, choose_root = self._typical_acceptance(logits, tree_tokens, *controls)
-        else:
-            node_ok, choose_root = self._greedy_acceptance(logits, tree_tokens)
+        tokens = torch.cat([input_ids, tree_tokens])  # [T+n]
+        positions = torch.cat([p + torch.arange(t), p + t + self.depths[:n]])  # [T+n]
+        hidden, present = self.decoder(tokens, positions, base_past, self._bias(p, t, n))  # [T+n, H]
+        logits = self.decoder.lm_head(hidden[t:])  # [n, V]: the tree's rows only
+        # Both tests are computed and one is selected (no control flow in the graph; the typical
+        # test's softmax over the tree's rows is small beside the forward pass).
+        sampling = temperature > 0
+        greedy_ok = self._greedy_ok(logits, tree_tokens)  # [n]
+        typical_ok = self._typical_ok(logits, tree_tokens, temperature.clamp(min=1e-4), posterior_threshold,
+                                      posterior_alpha)  # [n]
+        verifying = torch.ones_like(input_ids).sum() == 0  # False at prefill: only the root counts
+        chosen_ok = (sampling & typical_ok) | (~sampling & greedy_ok)  # Where has no bool kernel in ORT
+        node_ok = (chosen_ok & verifying) | self.is_root[:n]
+        node_ok = torch.cat([node_ok, torch.zeros(self.num_nodes - n, dtype=torch.bool)])  # [N]: absent nodes fail
         child_ok = node_ok[self.path_children] & self.path_present  # [L, D]
-        misses = torch.cumsum((~child_ok).to(torch.int64), dim=1)  # [L, D]
-        lengths = (misses == 0).to(torch.int64).sum(dim=1)  # [L] accepted drafts per path
+        # Longest run of accepted children from the root, in float (no int64 CumSum/ArgMax on GPUs).
+        misses = torch.cumsum((~child_ok).float(), dim=1)  # [L, D]
+        lengths = (misses == 0).float().sum(dim=1)  # [L] accepted drafts per path
         best = torch.argmax(lengths)  # first longest path
-        count = lengths[best] + 1  # root included
-        path = self.paths[best]  # [D+1]
+        count = lengths[best].to(torch.int64) + 1  # root included
+        # Nodes past the accepted ones -> the root, so every gather stays inside the n given nodes.
+        path = torch.where(self.path_offsets < count, self.paths[best], 0)  # [D+1]
         last = path[count - 1]
-        root = choose_root(last)
+        last_logits = logits[last]  # [V]
+        greedy_root = torch.argmax(last_logits, dim=-1).reshape(1)
+        root = torch.where(sampling, sample_token(last_logits, temperature.clamp(min=1e-4), random_uniform),
+                           greedy_root)  # [1]
 
-        accepted = [kv[:, path] for kv in present]  # [1, D+1, kv, d] each
-        context = hidden[last]
+        rows = torch.cat([torch.arange(t), t + path])  # [T+D+1]: causal rows, then the accepted path
+        accepted = [kv[:, rows] for kv in present]  # [1, T+D+1, kv, d] each
+        context = hidden[t + last]  # [H]
         if self.context_layer is not None:
-            positions = p + self.path_offsets
-            out, key, value = self.context_layer(
-                hidden[path], positions, past[-2], past[-1], causal_bias(self.path_length, p, hidden.dtype)
-            )
-            context = out[count - 1]
+            chosen = hidden[rows]  # [T+D+1, H]
+            length = t + self.path_length
+            out, key, value = self.context_layer(chosen, p + torch.arange(length), past[-2], past[-1],
+                                                 causal_bias(length, p, hidden.dtype))
+            context = out[t + count - 1]
             accepted += [key, value]
-        return (self.drafter(root, context), path, count, *accepted)
+        return (self.drafter(root, context, n), path, count, *accepted)
 
-    def _greedy_acceptance(self, logits: torch.Tensor, tree_tokens: torch.Tensor):
-        """A node is accepted when it equals its parent's argmax; the root is the argmax after the path."""
-        predictions = torch.argmax(logits, dim=-1)  # [N]
-        node_ok = (tree_tokens == predictions[self.parents]) | self.is_root  # [N]
-        return node_ok, lambda last: predictions[last].reshape(1)
+    def _bias(self, p, t, n) -> torch.Tensor:
+        """[T+n, P+T+n]: causal rows see the past and earlier causal rows; tree rows see the past,
+        every causal row, and their tree ancestors."""
+        dtype = self.tree_bias.dtype
+        causal = causal_bias(t, p, dtype)  # [T, P+T]
+        blocked = torch.full((t, n), torch.finfo(dtype).min, dtype=dtype)  # causal rows never see the tree
+        tree = torch.cat([torch.zeros(n, p + t, dtype=dtype), self.tree_bias[:n, :n]], dim=1)  # [n, P+T+n]
+        return torch.cat([torch.cat([causal, blocked], dim=1), tree], dim=0)
 
-    def _typical_acceptance(self, logits, tree_tokens, temperature, posterior_threshold, posterior_alpha, uniform):
+    def _greedy_ok(self, logits, tree_tokens):
+        """A node is accepted when it equals its parent's argmax. logits [n, V] -> [n] bool."""
+        predictions = torch.argmax(logits, dim=-1)  # [n]
+        return tree_tokens == predictions[self.parents[: tree_tokens.shape[0]]]
+
+    def _typical_ok(self, logits, tree_tokens, temperature, posterior_threshold, posterior_alpha):
         """Typical acceptance (Medusa): p(node | parent) > min(epsilon, alpha * exp(-entropy(parent)))."""
-        probs = torch.softmax(logits.float() / temperature, dim=-1)  # [N, V]
-        candidate = probs[self.parents, tree_tokens]  # [N]
-        entropy = -(probs * torch.log(probs + 1e-10)).sum(dim=-1)  # [N]
-        threshold = torch.minimum(posterior_threshold, posterior_alpha * torch.exp(-entropy))  # [N]
-        node_ok = (candidate > threshold[self.parents]) | self.is_root
-        return node_ok, lambda last: sample_token(logits[last], temperature, uniform)
+        n = tree_tokens.shape[0]
+        parents = self.parents[:n]
+        probs = torch.softmax(logits.float() / temperature, dim=-1)  # [n, V]
+        candidate = probs[parents, tree_tokens]  # [n]
+        entropy = -(probs * torch.log(probs + 1e-10)).sum(dim=-1)  # [n]
+        threshold = torch.minimum(posterior_threshold, posterior_alpha * torch.exp(-entropy))  # [n]
+        return candidate > threshold[parents]

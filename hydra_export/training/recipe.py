@@ -48,9 +48,11 @@ class TrainRecipe:
         if not path.is_file():
             raise HydraExportError(f"recipe {path} not found; see recipes/ for examples")
         try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise HydraExportError(f"recipe {path} is not valid JSON: {error}") from None
+        if not isinstance(data, dict):
+            raise HydraExportError(f"recipe {path} must hold a JSON object of recipe keys")
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known - {"comment"})
         if unknown:
@@ -60,6 +62,22 @@ class TrainRecipe:
         return recipe
 
     def validate(self) -> None:
+        for name, low in (("num_heads", 1), ("num_examples", 1), ("corpus_examples", 0), ("max_new_tokens", 1),
+                          ("max_seq_len", 2), ("generation_batch_size", 1), ("vocab_subset", 0), ("epochs", 1),
+                          ("batch_size", 1), ("eval_every", 1), ("checkpoint_every", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise HydraExportError(f"recipe key {name!r} must be an integer >= {low}, got {value!r}")
+        if self.num_layers is not None and (not isinstance(self.num_layers, int) or self.num_layers < 1):
+            raise HydraExportError(f"recipe key 'num_layers' must be a positive integer or null, got {self.num_layers!r}")
+        for name, low, high in (("learning_rate", 0.0, 1.0), ("warmup_fraction", 0.0, 1.0), ("weight_decay", 0.0, 1.0),
+                                ("dropout", 0.0, 1.0), ("input_noise", 0.0, 10.0), ("held_out_fraction", 0.0, 1.0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
+                raise HydraExportError(f"recipe key {name!r} must be a number in [{low:g}, {high:g}), got {value!r}")
+        for name in ("kind", "output_dir", "model", "data"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise HydraExportError(f"recipe key {name!r} must be a non-empty string")
         if self.responses not in ("self-distill", "corpus"):
             raise HydraExportError(f"responses must be 'self-distill' or 'corpus', got {self.responses!r}")
         if self.loss not in ("distill", "ce"):

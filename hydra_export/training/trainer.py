@@ -17,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from hydra_runtime.tree import TreeBuffers
+from hydra_runtime.tree_presets import TREE_PRESETS
 
 from ..base_model import BaseModel, load_base_model
 from ..decoding.reference_decoder import ReferenceDecoder
@@ -30,6 +32,7 @@ from .losses import HEAD_LOSS_DECAY, head_inputs, head_logits, head_loss, truth_
 from .recipe import TrainRecipe
 
 PROBE_TREE = "tree16"
+STATE_FILE = "state.json"  # with state.safetensors: the trainer's checkpoint (never pickled)
 PROBE_PROMPTS = 4
 PROBE_NEW_TOKENS = 40
 LOG_FILE = "training_log.json"
@@ -133,7 +136,9 @@ class Trainer:
     def evaluate(self, cache: HiddenStateCache, held_out: list[int], sequences: list[dict]) -> dict:
         probs = self.rank_probs(cache, held_out)
         num_heads = self.heads.config.num_heads
-        decoder = ReferenceDecoder(self.base, self.heads, TreeBuffers.from_name(PROBE_TREE, num_heads=num_heads))
+        # The probe tree cut to the heads' depth: recipes with fewer heads are probed on its shallow part.
+        probe = TreeBuffers.from_choices([c for c in TREE_PRESETS[PROBE_TREE] if len(c) <= num_heads])
+        decoder = ReferenceDecoder(self.base, self.heads, probe)
         eos = (self.base.tokenizer.eos_token_id,)
         accepted = []
         for i in held_out[:PROBE_PROMPTS]:
@@ -161,6 +166,10 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total_steps, recipe.warmup_fraction))
         step, tokens_seen = 0, 0
         if resume and (self.checkpoint_dir / "state.pt").is_file():
+            raise HydraExportError(
+                f"{self.checkpoint_dir} holds a pickled checkpoint (state.pt) from an older hydra-export; it is not "
+                "loaded, since unpickling can run code. Delete that folder to train from the start")
+        if resume and (self.checkpoint_dir / STATE_FILE).is_file():
             step, tokens_seen = self._load_checkpoint(optimizer, scheduler)
         self.heads.train()
         rng = np.random.default_rng(recipe.seed)
@@ -194,11 +203,23 @@ class Trainer:
         return summary
 
     def _save_checkpoint(self, optimizer, scheduler, step: int, tokens_seen: int) -> None:
+        """Heads, optimizer tensors (safetensors) and the rest (JSON): nothing is pickled, so a
+        planted checkpoint cannot run code when a later run resumes from it."""
         save_heads(self.heads, self.checkpoint_dir / "heads")
-        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                 "tokens": tokens_seen, "log": self.log, "torch_rng": torch.get_rng_state()}
-        torch.save(state, self.checkpoint_dir / "state.partial")
-        (self.checkpoint_dir / "state.partial").replace(self.checkpoint_dir / "state.pt")
+        tensors, scalars = {"torch_rng": torch.get_rng_state()}, {}
+        optimizer_state = optimizer.state_dict()
+        for index, values in optimizer_state["state"].items():
+            for key, value in values.items():
+                if torch.is_tensor(value):
+                    tensors[f"optimizer.{index}.{key}"] = value.contiguous()
+                else:
+                    scalars.setdefault(str(index), {})[key] = value
+        state = {"step": step, "tokens": tokens_seen, "log": self.log, "scheduler": scheduler.state_dict(),
+                 "optimizer_param_groups": optimizer_state["param_groups"], "optimizer_scalars": scalars}
+        save_file(tensors, str(self.checkpoint_dir / "state.safetensors.partial"))
+        (self.checkpoint_dir / "state.json.partial").write_text(json.dumps(state))
+        (self.checkpoint_dir / "state.safetensors.partial").replace(self.checkpoint_dir / "state.safetensors")
+        (self.checkpoint_dir / "state.json.partial").replace(self.checkpoint_dir / STATE_FILE)
 
     def _load_checkpoint(self, optimizer, scheduler) -> tuple[int, int]:
         loaded = load_native_heads(self.checkpoint_dir / "heads", self.base.config)
@@ -209,9 +230,21 @@ class Trainer:
                 f"checkpoint {self.checkpoint_dir} does not match the recipe's heads (missing {missing}, "
                 f"unexpected {unexpected}); delete it or restore the recipe it was made with"
             )
-        state = torch.load(self.checkpoint_dir / "state.pt", weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
+        try:
+            state = json.loads((self.checkpoint_dir / STATE_FILE).read_text())
+            tensors = load_file(str(self.checkpoint_dir / "state.safetensors"))
+            optimizer_state: dict = {"state": {}, "param_groups": state["optimizer_param_groups"]}
+            for name, value in tensors.items():
+                if name.startswith("optimizer."):
+                    _, index, key = name.split(".", 2)
+                    optimizer_state["state"].setdefault(int(index), {})[key] = value
+            for index, values in state["optimizer_scalars"].items():
+                optimizer_state["state"].setdefault(int(index), {}).update(values)
+            optimizer.load_state_dict(optimizer_state)
+            scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(tensors["torch_rng"])
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
+            raise HydraExportError(f"checkpoint {self.checkpoint_dir} is unreadable ({type(error).__name__}: "
+                                   f"{error}); delete it to train from the start") from None
         self.log = state["log"]
-        return state["step"], state["tokens"]
+        return int(state["step"]), int(state["tokens"])

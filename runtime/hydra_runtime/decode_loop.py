@@ -1,8 +1,8 @@
-"""The draft-verify-accept loop over a backend's graphs (and the autoregressive baseline).
+"""The draft-verify-accept loop over a backend's engine (and the autoregressive baseline).
 
-Per step the fused step graph verifies the current tree, accepts, and drafts the next
-tree; its K/V rows land in the backend's resident cache, and the host only keeps the
-accepted count of them and emits tokens.
+Per step the engine verifies the current tree, accepts, and drafts the next tree; its
+K/V rows land in the backend's resident cache, and the host only keeps the accepted count
+of them and emits tokens.
 """
 
 from __future__ import annotations
@@ -14,13 +14,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .backends.decode_backend import DecodeBackend
+from .engine import ACCEPTED_COUNT, ACCEPTED_NODES, INPUT_IDS, NEXT_TREE_TOKENS, TREE_TOKENS
+from .sampling import SamplingConfig
+
+GREEDY_CONTROLS = SamplingConfig().engine_feeds(0.0)  # prompt chunks: nothing is sampled
 
 
 @dataclass
 class DecodeStats:
     prompt_tokens: int = 0
     new_tokens: int = 0
-    steps: int = 0  # engine calls after prefill
+    steps: int = 0  # engine calls after the prefill
     accepted_lengths: list[int] = field(default_factory=list)  # tokens emitted per speculative step
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
@@ -65,36 +69,33 @@ class StopRule:
         return ""
 
 
-@dataclass(frozen=True)
-class GraphNames:
-    prefill: str
-    step: str | None  # None: autoregressive
-    fallback: str  # the one-node step
+def nodes_that_fit(depths: np.ndarray, room: int) -> int:
+    """How many leading tree nodes sit at most ``room`` deep (nodes are sorted by depth)."""
+    return int(np.searchsorted(depths, room, side="right"))
 
 
 def decode(
     backend: DecodeBackend,
-    graphs: GraphNames,
     prompt_ids: list[int],
     stop: StopRule,
-    tree_size: int,
+    tree_depths: np.ndarray,
+    speculative: bool = True,
     on_tokens: Callable[[list[int]], None] = lambda tokens: None,
     controls: Callable[[], dict[str, np.ndarray]] = dict,
 ) -> tuple[list[int], DecodeStats]:
-    """Generate after ``prompt_ids``. ``graphs.step`` None means autoregressive.
+    """Generate after ``prompt_ids`` with one engine call per step (see EngineGraph).
 
-    The fallback (the one-node autoregressive step) also finishes speculative runs once
-    a whole tree no longer fits in the context. ``controls()`` gives the extra scalar
-    inputs of every graph call (sampling settings and a fresh random number), if any.
+    The first call is the prefill: the prompt but its last token as causal tokens, the last
+    token as the root of an N-node tree whose other nodes only size the first draft. Every
+    later call sends the tree the previous one drafted, cut to the nodes whose positions fit
+    in the context. ``speculative=False`` sends one-node trees: autoregressive decoding on the
+    same engine, with no head run. ``controls()`` gives the sampling inputs of each call.
+    tree_depths [N]: depth of each node of the artifact's tree.
     """
     stats = DecodeStats(prompt_tokens=len(prompt_ids))
-    start = time.perf_counter()
     backend.reset()
-    out = backend.run(graphs.prefill, {"input_ids": np.asarray(prompt_ids, dtype=np.int64), **controls()})
-    backend.commit(len(prompt_ids))
-    tree = out["tree_tokens"]
-    stats.prefill_seconds = time.perf_counter() - start
-
+    causal = np.asarray(prompt_ids[:-1], dtype=np.int64)  # [T]
+    tree = np.full(len(tree_depths) if speculative else 1, prompt_ids[-1], dtype=np.int64)  # [n]
     generated: list[int] = []
 
     def emit(tokens: Iterable[int]) -> bool:
@@ -110,20 +111,29 @@ def decode(
         return bool(stats.stop_reason)
 
     start = time.perf_counter()
-    done = emit(tree[:1])
-    while not done:
-        speculative = graphs.step is not None and backend.length + tree_size <= stop.max_seq_len
-        tree_tokens = tree if speculative else tree[:1]
-        out = backend.run(graphs.step if speculative else graphs.fallback, {"tree_tokens": tree_tokens, **controls()})
-        count = int(out["accepted_count"])
-        nodes = out["accepted_nodes"][:count]
-        backend.commit(count)
-        stats.steps += 1
-        emitted = [*tree_tokens[nodes[1:]], out["next_tree_tokens"][0]]
-        if speculative:
-            stats.accepted_lengths.append(len(emitted))
-        tree = out["next_tree_tokens"]
-        done = emit(emitted)
+    limit = backend.max_causal_tokens
+    while limit is not None and len(causal) > limit:  # a long prompt, in chunks: each a one-node tree
+        backend.run({INPUT_IDS: causal[:limit], TREE_TOKENS: causal[limit : limit + 1], **GREEDY_CONTROLS})
+        backend.commit(limit + 1)
+        causal = causal[limit + 1 :]
+    prefill = True
+    while True:
+        room = stop.max_seq_len - 1 - backend.length - len(causal)  # deepest node offset that fits
+        tree = tree[: nodes_that_fit(tree_depths[: len(tree)], room)]
+        out = backend.run({INPUT_IDS: causal, TREE_TOKENS: tree, **controls()})
+        count = int(out[ACCEPTED_COUNT])
+        backend.commit(len(causal) + count)
+        emitted = [*tree[out[ACCEPTED_NODES][1:count]], out[NEXT_TREE_TOKENS][0]]
+        if prefill:
+            stats.prefill_seconds = time.perf_counter() - start
+            start, prefill = time.perf_counter(), False
+        else:
+            stats.steps += 1
+            if len(tree) > 1:
+                stats.accepted_lengths.append(len(emitted))
+        causal, tree = causal[:0], out[NEXT_TREE_TOKENS]
+        if emit(emitted):
+            break
     stats.decode_seconds = time.perf_counter() - start
     stats.new_tokens = len(generated)
     return generated, stats

@@ -1,4 +1,7 @@
-"""What the decode loop needs from an engine: named numpy arrays in, named numpy arrays out."""
+"""The engine's contract: its graph name, input/output names and symbolic dims, in one place.
+
+Both halves import these names; the manifest records the engine's signature with them.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +17,33 @@ class Engine(Protocol):
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
+ENGINE_GRAPH = "engine"  # the artifact's one graph: engine.onnx (+ engine.plan for TensorRT)
+
+# Host inputs, in graph order, then the past K/V.
+INPUT_IDS = "input_ids"  # [new_tokens] int64: causal tokens appended before the tree (the prompt at prefill)
+TREE_TOKENS = "tree_tokens"  # [tree_nodes] int64: the first n nodes of the static tree, root first
+
+SAMPLING_INPUTS = ("temperature", "posterior_threshold", "posterior_alpha", "random_uniform")  # [] float32 each
+HOST_INPUTS = (INPUT_IDS, TREE_TOKENS, *SAMPLING_INPUTS)
+
+# Host outputs, then the present K/V.
+NEXT_TREE_TOKENS = "next_tree_tokens"  # [tree_nodes] int64: the first n nodes of the next tree
+ACCEPTED_NODES = "accepted_nodes"  # [D+1] int64, valid up to accepted_count
+ACCEPTED_COUNT = "accepted_count"  # [] int64, >= 1 (the root)
+HOST_OUTPUTS = (NEXT_TREE_TOKENS, ACCEPTED_NODES, ACCEPTED_COUNT)
+
 PAST_PREFIX = "past_key_values."
 PRESENT_PREFIX = "present."
-PAST_SEQUENCE = "past_sequence"  # the symbolic dim (dim 1) of every past_key_values.* input
+
+# Engine metadata (ONNX metadata_props): what the graph bakes in, checked against the manifest.
+TREE_METADATA = "hydra_export.tree_choices"  # JSON list of choices
+MAX_SEQ_LEN_METADATA = "hydra_export.max_seq_len"
+
+# Symbolic dims.
+NEW_TOKENS = "new_tokens"  # T: input_ids length
+TREE_NODES = "tree_nodes"  # n: tree_tokens length
+PAST_SEQUENCE = "past_sequence"  # P: dim 1 of every past_key_values.* input
+PRESENT_SEQUENCE = "present_sequence"  # T + D + 1: dim 1 of every present.* output
 
 
 def past_key_name(layer: int, part: str) -> str:

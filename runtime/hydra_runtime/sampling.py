@@ -7,6 +7,7 @@ be checked token for token against the PyTorch reference.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,15 +22,17 @@ class SamplingConfig:
     posterior_alpha: float = 0.3  # alpha of typical acceptance (usually sqrt(epsilon))
 
     def __post_init__(self):
-        if self.temperature < 0:
-            raise GenerationInputError(f"temperature must be >= 0, got {self.temperature}")
+        for name, low in (("temperature", 0.0), ("posterior_threshold", 0.0), ("posterior_alpha", 0.0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < low:
+                raise GenerationInputError(f"{name} must be a finite number >= {low:g}, got {value!r}")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
 
     def engine_feeds(self, uniform: float) -> dict[str, np.ndarray]:
-        """The scalar inputs of the sampling graphs."""
+        """The engine's sampling inputs (temperature 0: greedy; the rest is then unused)."""
         return {
             "temperature": np.array(self.temperature, dtype=np.float32),
             "posterior_threshold": np.array(self.posterior_threshold, dtype=np.float32),

@@ -16,3 +16,9 @@ class TextStream:
             return ""
         fresh, self.sent = text[self.sent :], len(text)
         return fresh
+
+    def flush(self) -> str:
+        """Whatever is left once no more tokens will come (an unfinished character included)."""
+        text = self.decode(self.ids)
+        fresh, self.sent = text[self.sent :], len(text)
+        return fresh

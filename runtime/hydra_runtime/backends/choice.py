@@ -33,7 +33,7 @@ def choose_backend(manifest: Manifest) -> str:
     Runtime's CUDA provider where it and a GPU are present; else ONNX Runtime on CPU."""
     if not gpu_count():
         return "cpu"
-    if "tensorrt" in manifest.data and importlib.util.find_spec("tensorrt") is not None:
+    if manifest.tensorrt is not None and importlib.util.find_spec("tensorrt") is not None:
         return "tensorrt"
     return "cuda" if onnxruntime_has_cuda() else "cpu"
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import HydraExportError
 
-HOST_TO_DEVICE, DEVICE_TO_HOST = 1, 2
+HOST_TO_DEVICE, DEVICE_TO_HOST, DEVICE_TO_DEVICE = 1, 2, 3
 _WHEEL_PATTERNS = ("nvidia/cuda_runtime/lib/libcudart.so*", "nvidia/cu*/lib/libcudart.so*")
 
 
@@ -74,6 +74,14 @@ class CudaRuntime:
 
     def free(self, pointer: int) -> None:
         self.check(self.lib.cudaFree(pointer), "cudaFree")
+
+    def copy_on_device(self, destination: int, source: int, nbytes: int, stream: int) -> None:
+        if nbytes:
+            self.check(self.lib.cudaMemcpyAsync(destination, source, nbytes, DEVICE_TO_DEVICE, stream),
+                       "cudaMemcpyAsync (device to device)")
+
+    def destroy_stream(self, stream: int) -> None:
+        self.check(self.lib.cudaStreamDestroy(ctypes.c_void_p(stream)), "cudaStreamDestroy")
 
     def stream(self) -> int:
         stream = ctypes.c_void_p()

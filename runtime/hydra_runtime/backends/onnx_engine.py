@@ -1,4 +1,4 @@
-"""ONNX Runtime sessions behind the Engine interface."""
+"""An ONNX Runtime session behind the Engine interface (the decode backend and `verify` use it)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from ..errors import ArtifactError, HydraExportError
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
-    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    # TF32 off: fp32 engines compute in fp32 on the GPU as on the CPU (fp16/bf16 engines are unaffected).
+    "cuda": [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"],
 }
 
 
@@ -30,7 +31,7 @@ def check_provider(provider: str):
     ort = import_onnxruntime()
     if provider not in PROVIDERS:
         raise HydraExportError(f"unknown provider {provider!r} for ONNX Runtime; choose one of {', '.join(PROVIDERS)}")
-    wanted = PROVIDERS[provider][0]
+    wanted = PROVIDERS[provider][0][0] if isinstance(PROVIDERS[provider][0], tuple) else PROVIDERS[provider][0]
     if wanted not in ort.get_available_providers():
         raise HydraExportError(
             f"ONNX Runtime here has no {wanted} (available: {', '.join(ort.get_available_providers())}); "
@@ -42,7 +43,7 @@ def check_provider(provider: str):
 
 class OnnxEngine:
     def __init__(self, path: Path, provider: str = "cpu", threads: int | None = None):
-        ort = check_provider(provider)
+        self.ort = ort = check_provider(provider)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
@@ -57,22 +58,3 @@ class OnnxEngine:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs = self.session.run(None, {name: feeds[name] for name in self.input_names})
         return dict(zip(self.output_names, outputs))
-
-
-class LazyEngines:
-    """The artifact's engines by graph name, each session created on first use.
-
-    Sampling graphs cost memory and start-up only for callers that sample.
-    """
-
-    def __init__(self, artifact_dir: Path, files: dict[str, str], provider: str = "cpu", threads: int | None = None):
-        self.artifact_dir, self.files, self.provider, self.threads = Path(artifact_dir), files, provider, threads
-        self._engines: dict[str, OnnxEngine] = {}
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.files
-
-    def __getitem__(self, name: str) -> OnnxEngine:
-        if name not in self._engines:
-            self._engines[name] = OnnxEngine(self.artifact_dir / self.files[name], self.provider, self.threads)
-        return self._engines[name]

@@ -4,44 +4,50 @@ On CPU the cache is numpy memory; with the CUDA execution provider it is device 
 allocated through ONNX Runtime (OrtValue). Either way the past_key_values.* inputs are
 bound as views of the cache's prefix and the present.* outputs as the rows after it, by
 pointer, so a step moves only its token ids and small integer outputs across to the host.
+One session holds the engine's weights once.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
-from .decode_backend import HOST_DTYPES, BindingPlan, kv_part, resolve_shape
+from ..engine import ACCEPTED_NODES, MAX_SEQ_LEN_METADATA, PAST_PREFIX, TREE_METADATA
 from ..errors import ArtifactError
-from ..manifest import Manifest
-from .onnx_engine import LazyEngines, check_provider
+from ..manifest import Manifest, TensorSpec
+from .decode_backend import HOST_DTYPES, KV_ONNX_DTYPES, BindingPlan, check_signature, kv_part, resolve_shape
+from .onnx_engine import OnnxEngine
 
-KV_DTYPES = {"float32": np.float32, "float16": np.float16}
+KV_DTYPES = {"float": np.float32, "float16": np.float16}
 
 
 class OrtBackend:
+    max_causal_tokens = None  # host or ORT-allocated buffers: a whole prompt per call
+
     def __init__(self, artifact_dir: Path, manifest: Manifest, provider: str = "cpu", threads: int | None = None):
-        kv = manifest.kv
-        if kv["dtype"] not in KV_DTYPES:
-            raise ArtifactError(
-                f"this artifact's KV cache is {kv['dtype']}, which ONNX Runtime's Python bindings cannot hold; "
-                "run it with the TensorRT backend (`--backend tensorrt`), or rebuild with --dtype fp16 or fp32"
-            )
-        self.ort = check_provider(provider)
+        if KV_ONNX_DTYPES.get(manifest.kv_cache.dtype) not in KV_DTYPES:  # before ORT fails on bf16 kernels
+            _refuse_kv_dtype(manifest.kv_cache.dtype)
+        self.engine = OnnxEngine(Path(artifact_dir) / manifest.engine.file, provider=provider, threads=threads)
+        session = self.engine.session
+        check_signature(manifest, session_signature(session), f"{manifest.engine.file} (ONNX Runtime)")
+        check_engine_metadata(session, manifest)
+        past = next(spec for spec in session_signature(session) if spec.name.startswith(PAST_PREFIX))
+        if past.dtype not in KV_DTYPES:
+            _refuse_kv_dtype(past.dtype)
+        self.ort = self.engine.ort
         self.name = f"onnxruntime-{provider}"
-        self.graphs = manifest.graphs
-        self.engines = LazyEngines(artifact_dir, {name: entry.file for name, entry in self.graphs.items()},
-                                   provider=provider, threads=threads)
         self.device = "cuda" if provider == "cuda" else "cpu"
-        self.kv_dtype = np.dtype(KV_DTYPES[kv["dtype"]])
-        shape = (1, manifest.max_seq_len, kv["kv_heads"], kv["head_dim"])
-        self.row_shape = (kv["kv_heads"], kv["head_dim"])
-        self.row_bytes = kv["kv_heads"] * kv["head_dim"] * self.kv_dtype.itemsize
-        self._cache = {(layer, part): self._allocate(shape)
-                       for layer in range(kv["num_layers"]) for part in ("key", "value")}
-        self._bindings: dict[str, object] = {}  # graph -> its reused ONNX Runtime IOBinding
-        self._plans: dict[str, BindingPlan] = {}
+        self.kv_dtype = np.dtype(KV_DTYPES[past.dtype])
+        self.row_shape = tuple(int(dim) for dim in past.shape[2:])  # from the engine, never from the manifest
+        self.row_bytes = int(np.prod(self.row_shape)) * self.kv_dtype.itemsize
+        layers = len([spec for spec in session.get_inputs() if spec.name.startswith(PAST_PREFIX)]) // 2
+        self.capacity = manifest.max_seq_len + manifest.engine.output(ACCEPTED_NODES).shape[0]
+        self._cache = {(layer, part): self._allocate((1, self.capacity, *self.row_shape))
+                       for layer in range(layers) for part in ("key", "value")}
+        self._plan = BindingPlan.of(manifest.engine, self._address)
+        self._binding = session.io_binding()
         self.length = 0
 
     def _allocate(self, shape: tuple[int, ...]):
@@ -53,41 +59,75 @@ class OrtBackend:
         buffer = self._cache[kv_part(name)]
         return buffer.ctypes.data if self.device == "cpu" else buffer.data_ptr()
 
-    def _plan(self, graph: str) -> BindingPlan:
-        if graph not in self._plans:
-            self._plans[graph] = BindingPlan.of(self.graphs[graph], self._address)
-        return self._plans[graph]
-
-    def warm_up(self, graph: str) -> None:
-        self.engines[graph]
-
     def reset(self) -> None:
         self.length = 0
 
     def commit(self, rows: int) -> None:
         self.length += rows
 
-    def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        session = self.engines[graph].session
-        plan = self._plan(graph)
-        binding = self._bindings.get(graph) or self._bindings.setdefault(graph, session.io_binding())
+    def close(self) -> None:
+        self._cache.clear()
+        self._binding = self.engine = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.engine is None:
+            raise ArtifactError("this backend was closed; load the artifact again")
+        plan, binding = self._plan, self._binding
+        if self.length + plan.rows_written(feeds) > self.capacity:  # the decode loop never asks for this
+            raise ArtifactError(f"a call would write past the KV cache ({self.capacity} rows)")
         binding.clear_binding_inputs()
         binding.clear_binding_outputs()
         symbols = plan.symbols(feeds, self.length)
         past_shape = (1, self.length, *self.row_shape)
         for name, address in plan.past:
             binding.bind_input(name, self.device, 0, self.kv_dtype, past_shape, address)
-        host_inputs = [np.ascontiguousarray(feeds[spec["name"]]) for spec in plan.host_inputs]  # alive until run ends
+        host_inputs = [np.ascontiguousarray(feeds[spec.name], HOST_DTYPES[spec.dtype])
+                       for spec in plan.host_inputs]  # alive until the run ends
         for spec, array in zip(plan.host_inputs, host_inputs):
-            binding.bind_cpu_input(spec["name"], array)
-        present_shape = resolve_shape(plan.present_shape, symbols, f"{graph}'s present.* outputs")
+            binding.bind_cpu_input(spec.name, array)
+        present_shape = resolve_shape(plan.present_shape, symbols, "the engine's present.* outputs")
         offset = self.length * self.row_bytes
         for name, address in plan.present:
             binding.bind_output(name, self.device, 0, self.kv_dtype, present_shape, address + offset)
         host_outputs = {}
         for spec in plan.host_outputs:
-            shape = resolve_shape(spec["shape"], symbols, f"{graph} output {spec['name']}")
-            host = host_outputs[spec["name"]] = np.empty(shape, dtype=HOST_DTYPES[spec["dtype"]])
-            binding.bind_output(spec["name"], "cpu", 0, host.dtype, shape, host.ctypes.data)
-        session.run_with_iobinding(binding)
+            shape = resolve_shape(spec.shape, symbols, f"engine output {spec.name}")
+            host = host_outputs[spec.name] = np.empty(shape, dtype=HOST_DTYPES[spec.dtype])
+            binding.bind_output(spec.name, "cpu", 0, host.dtype, shape, host.ctypes.data)
+        self.engine.session.run_with_iobinding(binding)
         return host_outputs
+
+
+def _refuse_kv_dtype(dtype: str):
+    raise ArtifactError(
+        f"this artifact's KV cache is {dtype}, which ONNX Runtime's Python bindings cannot hold; "
+        "run it with the TensorRT backend (`--backend tensorrt`), or rebuild with --dtype fp16 or fp32"
+    )
+
+
+def session_signature(session) -> list[TensorSpec]:
+    """The session's inputs and outputs as manifest TensorSpecs (``tensor(float16)`` -> ``float16``)."""
+    return [TensorSpec(value.name, value.type.removeprefix("tensor(").removesuffix(")"),
+                       tuple(dim if isinstance(dim, (int, str)) else "?" for dim in value.shape))
+            for value in [*session.get_inputs(), *session.get_outputs()]]
+
+
+def check_engine_metadata(session, manifest: Manifest) -> None:
+    """The tree and context length baked into the engine must be the manifest's."""
+    metadata = session.get_modelmeta().custom_metadata_map
+    try:
+        tree = [list(path) for path in json.loads(metadata[TREE_METADATA])]
+        max_seq_len = int(metadata[MAX_SEQ_LEN_METADATA])
+    except (KeyError, ValueError, TypeError):
+        raise ArtifactError(f"{manifest.engine.file} lacks the tree and context length hydra-export records in "
+                            "every engine; rebuild the artifact") from None
+    if tree != manifest.tree_choices or max_seq_len != manifest.max_seq_len:
+        raise ArtifactError(f"manifest.json's tree or max_seq_len ({len(manifest.tree_choices) + 1} nodes, "
+                            f"{manifest.max_seq_len}) is not the one baked into {manifest.engine.file} "
+                            f"({len(tree) + 1} nodes, {max_seq_len}); the artifact was edited: rebuild it")
