@@ -13,6 +13,17 @@ from hydra_export.heads import build_heads, heads_config_for  # noqa: E402
 DATA = Path(__file__).resolve().parents[1] / "data"  # shipped with the repository (data/README.md)
 
 
+def invoke(*args):
+    """Run the CLI in-process; no input a user can give may print a traceback."""
+    from typer.testing import CliRunner
+
+    from hydra_export.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert "Traceback" not in result.output
+    return result
+
+
 def pytest_collection_modifyitems(config, items):
     """GPU-marked tests run (with -m gpu) only where a CUDA device is visible."""
     from hydra_runtime.backends.choice import gpu_count

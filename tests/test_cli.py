@@ -3,18 +3,9 @@
 import json
 
 import pytest
-from typer.testing import CliRunner
 
-from conftest import DATA
-from hydra_export.cli import app
+from conftest import DATA, invoke
 
-runner = CliRunner()
-
-
-def invoke(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert "Traceback" not in result.output
-    return result
 
 
 def test_build_then_inspect_generate_verify_bench(tmp_path, model_dirs, artifacts):

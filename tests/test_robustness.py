@@ -8,20 +8,12 @@ import threading
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from hydra_export.atomic_output import MARKER
-from hydra_export.cli import app
+from conftest import invoke
 from hydra_runtime import ArtifactError, GenerationInputError
 from hydra_runtime.generator import Generator
 
-runner = CliRunner()
-
-
-def invoke(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert "Traceback" not in result.output
-    return result
 
 
 def build_args(model_dirs, artifacts, out):
@@ -147,7 +139,7 @@ def test_a_planted_pickle_checkpoint_is_not_loaded(tmp_path, model_dirs):
 
     from hydra_export.training.recipe import TrainRecipe
     from hydra_export.training.trainer import Trainer
-    from conftest import DATA
+    from conftest import DATA, invoke
 
     witness = tmp_path / "pwned"
 
