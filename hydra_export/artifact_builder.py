@@ -105,7 +105,7 @@ def build_artifact(
         model = export_graph(spec, staging, progress=lambda done, total: report("write weights", done, total))
         report("write tokenizer, heads and manifest")
         base.tokenizer.save_pretrained(staging)
-        save_heads(heads, staging / HEADS_SUBDIR)
+        save_heads(heads, staging / HEADS_SUBDIR, dtype=_lossless_storage_dtype(heads))
         manifest = _manifest(base, heads, tree, options, spec, model)
         if options.target == "tensorrt":
             from .tensorrt_build import build_plan
@@ -118,6 +118,13 @@ def build_artifact(
     finally:
         discard(staging)
     return out_dir
+
+
+def _lossless_storage_dtype(heads: DraftHeads) -> torch.dtype | None:
+    """fp16 when every head tensor survives the round trip (shipped heads are fp16), else as is:
+    the heads copy `verify` reads then costs half, and the artifact stays near the weights' size."""
+    exact = all(not p.is_floating_point() or torch.equal(p, p.half().to(p.dtype)) for p in heads.state_dict().values())
+    return torch.float16 if exact else None
 
 
 def _check_options(base, heads, tree, out_dir: Path, options: BuildOptions) -> None:

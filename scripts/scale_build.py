@@ -2,6 +2,7 @@
 
     python3 scripts/scale_build.py tinyllama-1.1b --dtype fp16 -o /tmp/scale      # one shape
     python3 scripts/scale_build.py llama-2-7b --dtype fp16 -o /tmp/scale --keep   # keep the artifact
+    python3 scripts/scale_build.py tinyllama-1.1b -o /tmp/scale --save-hf /tmp/tl   # the same model for other tools
 
 Nothing is downloaded: the model is made from its config with random weights (created on
 the meta device, then materialised once in the target dtype), with random Hydra++ heads.
@@ -81,6 +82,8 @@ def main() -> None:
     parser.add_argument("--max-seq-len", type=int, default=2048)
     parser.add_argument("-o", "--output", type=Path, required=True, help="folder for the artifact")
     parser.add_argument("--keep", action="store_true", help="keep the artifact (default: delete it after)")
+    parser.add_argument("--save-hf", type=Path, help="also save the random model as a Hugging Face directory "
+                                                     "(for other builders, e.g. onnxruntime-genai's), then exit")
     args = parser.parse_args()
 
     from hydra_export.artifact_builder import BuildOptions, build_artifact
@@ -97,6 +100,11 @@ def main() -> None:
     head_bytes = sum(p.numel() * p.element_size() for p in heads.parameters())
     made = time.perf_counter()
     rss_after_model = peak_rss_bytes()
+    if args.save_hf:
+        model.save_pretrained(args.save_hf)
+        word_tokenizer().save_pretrained(args.save_hf)
+        print(json.dumps({"saved": str(args.save_hf), "weight_bytes": weight_bytes}))
+        return
     out = args.output / f"{args.shape}-{args.dtype}"
     build_artifact(wrap_model(model, word_tokenizer(), name=args.shape), heads, TreeBuffers.from_name(args.tree),
                    out, BuildOptions(tree_name=args.tree, dtype=args.dtype, max_seq_len=args.max_seq_len,

@@ -72,3 +72,21 @@ def test_default_model_speculation_is_lossless_on_mt_bench(kind):
         result = decoder.generate(prompt, 48, eos_token_ids=(eos,))
         assert result.tokens == expected
         assert result.mean_accepted_length > 1.0  # trained heads do get accepted
+
+
+def test_saved_directory_is_a_plain_hugging_face_model(model_dirs, tmp_path):
+    """What other tools (onnxruntime-genai's builder, transformers) need of `hydra-export pull`'s output:
+    the architecture named, the weights' dtype, and no quantization block left from a GGUF source."""
+    import json
+
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps({"model_type": "llama", "architectures": None, "dtype": "float32",
+                                       "quantization_config": {"quant_method": "gguf"}}))
+    from hydra_export.base_model import clean_saved_config
+
+    clean_saved_config(config_path, "LlamaForCausalLM", "float32")
+    config = json.loads(config_path.read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"] and "quantization_config" not in config
+    saved = json.loads((model_dirs["llama"] / "config.json").read_text())
+    assert saved["architectures"] == ["LlamaForCausalLM"] and saved["dtype"] == "float32"
+    assert "quantization_config" not in saved

@@ -277,3 +277,26 @@ def test_cancelled_stream_releases_the_lock_quickly(artifacts):
     next(stream)
     del stream  # garbage collected: the worker stops
     assert np.asarray(generator.generate_ids([5, 9], 5)[0]).shape == (5,)
+
+
+# 6. SIGTERM cleans up like Ctrl-C.
+
+def test_sigterm_during_a_build_leaves_nothing_behind(tmp_path, model_dirs, artifacts):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "art"
+    args = [str(a) for a in build_args(model_dirs, artifacts, out)]
+    process = subprocess.Popen([sys.executable, "-m", "hydra_export.cli", *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".art.partial-*")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert list(tmp_path.glob(".art.partial-*")), "the build never started staging"
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output
+    assert "Traceback" not in output and "interrupted" in output
+    assert list(tmp_path.iterdir()) == []  # no staging, no half-written artifact

@@ -203,3 +203,25 @@ def test_half_precision_artifacts(tmp_path, model_dirs):
     assert len(ids) == 12
     with pytest.raises(ArtifactError, match="KV cache is bfloat16.*--backend tensorrt"):
         Generator.load(tmp_path / "bf16", backend="cpu")
+
+
+def test_one_session_serves_every_kind_of_call(artifacts, monkeypatch):
+    """The weights are held once: prefill, tree steps, autoregressive and sampled decoding all run on one
+    ONNX Runtime session of the artifact's one engine."""
+    import onnxruntime
+
+    sessions = []
+    original = onnxruntime.InferenceSession
+
+    class Counting(original):
+        def __init__(self, path, *args, **kwargs):
+            sessions.append(path)
+            super().__init__(path, *args, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", Counting)
+    artifact = artifacts("llama", "hydra++")
+    assert sorted(p.name for p in artifact.glob("*.onnx")) == ["engine.onnx"]
+    generator = Generator.load(artifact)
+    for settings in (dict(), dict(mode="autoregressive"), dict(temperature=0.8, seed=3)):
+        assert len(generator.generate_ids([5, 9, 33], 12, **settings)[0]) == 12
+    assert sessions == [str(artifact / "engine.onnx")]

@@ -49,15 +49,6 @@ class TreeDrafter(nn.Module):
         self.heads = heads
         self.projections = projections
         self.depth_plans = tree.depth_plans
-        self.plans = [
-            (
-                plan.depth,
-                plan.top_k,
-                f"path_{plan.depth}",
-                f"pick_{plan.depth}",
-            )
-            for plan in tree.depth_plans
-        ]
         for plan in tree.depth_plans:
             # Node indices root..parent of every parent at this depth: [n_parents, depth].
             self.register_buffer(f"path_{plan.depth}", _const(tree.ancestors[plan.parent_nodes, : plan.depth]))
@@ -72,15 +63,14 @@ class TreeDrafter(nn.Module):
         (the autoregressive step) runs no head at all.
         """
         tokens = root
-        for depth, top_k, path_name, pick_name in self.plans:
-            plan = self.depth_plans[depth - 1]
+        for plan in self.depth_plans:
             children = torch.sym_max(0, torch.sym_min(nodes - plan.child_start, plan.child_stop - plan.child_start))
             parents = torch.sym_min(children, len(plan.parent_nodes))
-            path_tokens = tokens[getattr(self, path_name)[:parents]]  # [parents, depth]
+            path_tokens = tokens[getattr(self, f"path_{plan.depth}")[:parents]]  # [parents, depth]
             top = self.heads.draft_candidates(
-                depth - 1, context.expand(parents, -1), path_tokens, self.projections, top_k
+                plan.depth - 1, context.expand(parents, -1), path_tokens, self.projections, plan.top_k
             )  # [parents, top_k]
-            tokens = torch.cat([tokens, top.reshape(-1)[getattr(self, pick_name)[:children]]])
+            tokens = torch.cat([tokens, top.reshape(-1)[getattr(self, f"pick_{plan.depth}")[:children]]])
         return tokens
 
 

@@ -50,12 +50,13 @@ def export_graph(spec: GraphSpec, out_dir: Path, progress=None) -> onnx.ModelPro
                 output_names=list(spec.output_names),
                 dynamic_shapes=_nest_varargs(spec.module, dims),
                 opset_version=OPSET,
-                optimize=True,
+                optimize=False,  # the full onnxscript rewriter took half the build time: see _fold
                 verbose=False,
             )
         except Exception as error:  # the exporter raises many types; name the graph and re-raise typed
             raise HydraExportError(f"tracing the {spec.name} graph failed: {error}") from error
     path = Path(out_dir) / f"{spec.name}.onnx"
+    _fold(program.model)
     _name_dynamic_dims(program.model, spec)
     program.model.metadata_props.update(spec.metadata)
     callback = (lambda tensor, info: progress(info.index + 1, info.total)) if progress else None
@@ -63,6 +64,28 @@ def export_graph(spec: GraphSpec, out_dir: Path, progress=None) -> onnx.ModelPro
             alignment=ALIGNMENT, align_threshold=0, callback=callback)
     del program
     return onnx.load(str(path), load_external_data=False)
+
+
+def _fold(model) -> None:
+    """Constant folding, constants lifted to initializers, common subexpressions merged, dead
+    nodes removed: the engine's node count halves (4,458 -> 2,451 for SmolLM2), which matters
+    on a CPU where every node costs a launch per step. The exporter's default optimizer also
+    runs onnxscript's pattern rewriter, which took 70 s of a 135M build for 45 fewer nodes;
+    ONNX Runtime and TensorRT fuse such patterns themselves when they load the engine."""
+    import onnx_ir as ir
+    import onnxscript.optimizer
+    from onnx_ir.passes import common
+
+    cleanup = ir.passes.PassManager([
+        common.RemoveUnusedNodesPass(),
+        common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        common.DeduplicateInitializersPass(),
+        common.CommonSubexpressionEliminationPass(),
+        common.RemoveUnusedNodesPass(),
+    ])
+    for _ in range(2):  # folding after CSE finds a few more constants
+        onnxscript.optimizer.fold_constants(model)
+        cleanup(model)
 
 
 def _nest_varargs(module: torch.nn.Module, per_input: list) -> tuple:

@@ -95,8 +95,8 @@ class Generator:
             raise GenerationInputError(f"prompt token ids must be integers in 0..{vocab - 1}; got {bad[:5]!r}")
         stop = StopRule(max_new_tokens, frozenset(self.manifest.eos_token_ids), limit, len(prompt_ids))
         rng = np.random.default_rng(seed)
-        controls = (lambda: sampling.engine_feeds(0.0)) if sampling.greedy else (
-            lambda: sampling.engine_feeds(rng.random()))
+        greedy_feeds = sampling.engine_feeds(0.0)  # built once: the same for every greedy call
+        controls = (lambda: greedy_feeds) if sampling.greedy else (lambda: sampling.engine_feeds(rng.random()))
         with self._lock:
             return decode(self.backend, list(prompt_ids), stop, self.tree.depths, mode == "hydra", on_tokens, controls)
 

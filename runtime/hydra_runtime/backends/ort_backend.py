@@ -31,9 +31,10 @@ class OrtBackend:
             _refuse_kv_dtype(manifest.kv_cache.dtype)
         self.engine = OnnxEngine(Path(artifact_dir) / manifest.engine.file, provider=provider, threads=threads)
         session = self.engine.session
-        check_signature(manifest, session_signature(session), f"{manifest.engine.file} (ONNX Runtime)")
+        signature = session_signature(session)
+        check_signature(manifest, signature, f"{manifest.engine.file} (ONNX Runtime)")
         check_engine_metadata(session, manifest)
-        past = next(spec for spec in session_signature(session) if spec.name.startswith(PAST_PREFIX))
+        past = next(spec for spec in signature if spec.name.startswith(PAST_PREFIX))
         if past.dtype not in KV_DTYPES:
             _refuse_kv_dtype(past.dtype)
         self.ort = self.engine.ort
@@ -42,7 +43,7 @@ class OrtBackend:
         self.kv_dtype = np.dtype(KV_DTYPES[past.dtype])
         self.row_shape = tuple(int(dim) for dim in past.shape[2:])  # from the engine, never from the manifest
         self.row_bytes = int(np.prod(self.row_shape)) * self.kv_dtype.itemsize
-        layers = len([spec for spec in session.get_inputs() if spec.name.startswith(PAST_PREFIX)]) // 2
+        layers = sum(1 for spec in signature if spec.name.startswith(PAST_PREFIX)) // 2
         self.capacity = manifest.max_seq_len + manifest.engine.output(ACCEPTED_NODES).shape[0]
         self._cache = {(layer, part): self._allocate((1, self.capacity, *self.row_shape))
                        for layer in range(layers) for part in ("key", "value")}
