@@ -75,9 +75,10 @@ def attention_layer(
     # Query heads grouped by the KV head they share: [kv, group * T, d].
     q = q.view(t, num_kv_heads, group, head_dim).permute(1, 2, 0, 3).reshape(num_kv_heads, group * t, head_dim)
     scores = torch.matmul(q, keys) * (head_dim**-0.5)  # [kv, group * T, P+T]
-    scores = scores.view(num_kv_heads, group, t, -1) + bias  # bias broadcasts over heads
+    length = keys.shape[-1]  # P+T, spelled out: a -1 cannot be inferred when T is 0
+    scores = scores.view(num_kv_heads, group, t, length) + bias  # bias broadcasts over heads
     probs = torch.softmax(scores.float(), dim=-1).to(x.dtype)
-    out = torch.matmul(probs.view(num_kv_heads, group * t, -1), values)  # [kv, group * T, d]
+    out = torch.matmul(probs.view(num_kv_heads, group * t, length), values)  # [kv, group * T, d]
     out = out.view(num_kv_heads, group, t, head_dim).permute(2, 0, 1, 3).reshape(t, num_heads * head_dim)
     return x + attn.o_proj(out), k[None], v[None]
 

@@ -166,12 +166,16 @@ class EngineGraph(nn.Module):
         accepted = [kv[:, rows] for kv in present]  # [1, T+D+1, kv, d] each
         context = hidden[t + last]  # [H]
         if self.context_layer is not None:
-            chosen = hidden[rows]  # [T+D+1, H]
-            length = t + self.path_length
-            out, key, value = self.context_layer(chosen, p + torch.arange(length), past[-2], past[-1],
-                                                 causal_bias(length, p, hidden.dtype))
+            # Its output only feeds the drafter, and a one-node call drafts nothing (once n = 1, every
+            # later call has n = 1): there it runs on no rows and its K/V rows are zeros.
+            rows_kept = (t + self.path_length) * torch.sym_min(n - 1, 1)
+            chosen = hidden[rows][:rows_kept]  # [rows_kept, H]
+            out, key, value = self.context_layer(chosen, p + torch.arange(rows_kept), past[-2], past[-1],
+                                                 causal_bias(rows_kept, p, hidden.dtype))
+            skipped = t + self.path_length - rows_kept
+            out = torch.cat([out, out.new_zeros(skipped, out.shape[1])])  # [T+D+1, H]
             context = out[t + count - 1]
-            accepted += [key, value]
+            accepted += [torch.cat([kv, kv.new_zeros(1, skipped, *kv.shape[2:])], dim=1) for kv in (key, value)]
         return (self.drafter(root, context, n), path, count, *accepted)
 
     def _bias(self, p, t, n) -> torch.Tensor:
