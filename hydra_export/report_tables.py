@@ -41,8 +41,8 @@ def inspect_view(artifact: Path, manifest: Manifest) -> list:
     for column in ("", "name", "dtype", "shape"):
         table.add_column(column)
     for kind, values in (("in", manifest.engine.inputs), ("out", manifest.engine.outputs)):
-        for value in _abbreviate_kv(values):
-            table.add_row(kind, value.name, value.dtype, str(list(value.shape)) if value.shape != "" else "")
+        for name, dtype, shape in _abbreviate_kv(values):
+            table.add_row(kind, name, dtype, shape)
     tree = TreeBuffers.from_choices(manifest.tree_choices)
     drawing = tree.drawing() if tree.num_nodes <= MAX_TREE_LINES else _depth_summary(tree)
     return [Text(line) for line in lines] + [table, Text(f"tree {manifest.tree.name}: {tree.num_nodes} nodes, "
@@ -81,11 +81,11 @@ def _collapse_kv(comparisons: list[OutputComparison]) -> list[OutputComparison]:
     return rows
 
 
-def _abbreviate_kv(values: tuple[TensorSpec, ...]) -> list[TensorSpec]:
-    """Show the first and last layer's K/V of long per-layer lists."""
-    kv = [v for v in values if is_kv(v.name)]
+def _abbreviate_kv(values: tuple[TensorSpec, ...]) -> list[tuple[str, str, str]]:
+    """Table rows (name, dtype, shape); long per-layer K/V lists show their first and last layer only."""
+    rows = [(v.name, v.dtype, str(list(v.shape))) for v in values]
+    kv = [row for row in rows if is_kv(row[0])]
     if len(kv) <= 4:
-        return list(values)
-    others = [v for v in values if v not in kv]
-    middle = TensorSpec(f"... {len(kv) - 4} more K/V tensors ...", "", "")
-    return others + kv[:2] + [middle] + kv[-2:]
+        return rows
+    others = [row for row in rows if not is_kv(row[0])]
+    return others + kv[:2] + [(f"... {len(kv) - 4} more K/V tensors ...", "", "")] + kv[-2:]

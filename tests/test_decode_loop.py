@@ -154,3 +154,6 @@ def test_binding_plan_sizes_present_rows_from_the_call():
     assert plan.symbols(feeds, past_length=11) == {"past_sequence": 11, "new_tokens": 7, "tree_nodes": 6,
                                                    "present_sequence": 7 + 4}
     assert plan.rows_written(feeds) == 11
+    plan.check_room(feeds, past_length=9, capacity=20)  # 9 + 7 + 4 rows fit exactly
+    with pytest.raises(Exception, match="would write 11 K/V rows after 10 cached ones, past the cache's 20 rows"):
+        plan.check_room(feeds, past_length=10, capacity=20)

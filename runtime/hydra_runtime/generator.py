@@ -39,11 +39,11 @@ class StreamClosed(Exception):
 
 
 class Generator:
-    def __init__(self, manifest: Manifest, tokenizer: ChatTokenizer, backend: DecodeBackend):
+    def __init__(self, manifest: Manifest, tokenizer: ChatTokenizer, backend: DecodeBackend, tree: TreeBuffers):
         self.manifest = manifest
         self.tokenizer = tokenizer
         self.backend = backend
-        self.tree = TreeBuffers.from_choices(manifest.tree_choices)  # a malformed tree is refused here, named
+        self.tree = tree  # the manifest's tree (the backend checked it is the engine's)
         self._lock = threading.Lock()  # one KV cache: one request at a time
 
     @classmethod
@@ -53,9 +53,9 @@ class Generator:
         """``backend``: auto | cpu | cuda (ONNX Runtime) | tensorrt; auto picks the fastest this machine has."""
         artifact_dir = Path(artifact_dir)
         manifest = Manifest.read(artifact_dir, verify_checksums=verify_checksums)
-        TreeBuffers.from_choices(manifest.tree_choices)  # before any engine is loaded
+        tree = TreeBuffers.from_choices(manifest.tree_choices)  # a malformed tree is refused before any engine loads
         tokenizer = ChatTokenizer.from_dir(artifact_dir)
-        return cls(manifest, tokenizer, open_backend(artifact_dir, manifest, backend, threads))
+        return cls(manifest, tokenizer, open_backend(artifact_dir, manifest, backend, threads), tree)
 
     def close(self) -> None:
         """Free the engine and its cache (device memory on a GPU)."""

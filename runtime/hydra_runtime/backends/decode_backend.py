@@ -135,6 +135,14 @@ class BindingPlan(NamedTuple):
         symbols[PRESENT_SEQUENCE] = symbols[NEW_TOKENS] + self.path_length
         return symbols
 
+    def check_room(self, feeds: dict[str, np.ndarray], past_length: int, capacity: int) -> None:
+        """Refuse a call whose K/V rows would not fit the cache (decode() never makes one; a caller
+        driving a backend directly might)."""
+        if past_length + self.rows_written(feeds) > capacity:
+            raise ArtifactError(
+                f"this call would write {self.rows_written(feeds)} K/V rows after {past_length} cached ones, past "
+                f"the cache's {capacity} rows; send fewer input_ids or call reset() (decode() keeps within it)")
+
     def rows_written(self, feeds: dict[str, np.ndarray]) -> int:
         """K/V rows a call writes after the prefix: its causal tokens, then the path rows."""
         return len(feeds[INPUT_IDS]) + self.path_length

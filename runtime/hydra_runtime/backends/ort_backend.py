@@ -80,8 +80,7 @@ class OrtBackend:
         if self.engine is None:
             raise ArtifactError("this backend was closed; load the artifact again")
         plan, binding = self._plan, self._binding
-        if self.length + plan.rows_written(feeds) > self.capacity:  # the decode loop never asks for this
-            raise ArtifactError(f"a call would write past the KV cache ({self.capacity} rows)")
+        plan.check_room(feeds, self.length, self.capacity)
         binding.clear_binding_inputs()
         binding.clear_binding_outputs()
         symbols = plan.symbols(feeds, self.length)

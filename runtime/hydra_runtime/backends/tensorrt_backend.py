@@ -143,8 +143,7 @@ class TensorRTBackend:
         if self.context is None:
             raise ArtifactError("this backend was closed; load the artifact again")
         plan = self._plan
-        if self.length + plan.rows_written(feeds) > self.capacity:  # the decode loop never asks for this
-            raise ArtifactError(f"a call would write past the KV cache ({self.capacity} rows)")
+        plan.check_room(feeds, self.length, self.capacity)
         symbols = plan.symbols(feeds, self.length)
         for name, address in plan.past:
             self._set(name, address, (1, self.length, *self.row_shape))
