@@ -41,6 +41,7 @@ NUMPY_DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 TARGETS = ("onnx", "tensorrt")
 DEFAULT_DTYPE = {"onnx": "fp32", "tensorrt": "fp16"}  # TensorRT's networks take the graph's types
 DEFAULT_TREE = "tree16"  # when the heads ship no tree.json grown for them
+DEFAULT_COPY_NODES = 4  # copy chain of a tree that names none (a preset, or a plain list of choices)
 HEADS_SUBDIR = "heads"
 BUILD_STAGES = 5  # load base model, load heads, trace, write weights, write the rest (+1 for TensorRT)
 
@@ -189,7 +190,7 @@ def _manifest(base, heads, tree, options, spec, model) -> Manifest:
                                  vocab_size=base.config.vocab_size),
         heads=heads.config.to_dict() | {"directory": HEADS_SUBDIR},
         tree=TreeInfo(name=options.tree_name, choices=tuple(tree.choices), num_nodes=tree.num_nodes,
-                      depth=tree.max_depth),
+                      depth=tree.max_depth, copy_nodes=tree.copy_nodes),
         kv_cache=KvCache(num_layers=len(past) // 2, kv_heads=past[0].shape[2], head_dim=past[0].shape[3],
                          dtype=NUMPY_DTYPE_NAMES[options.dtype]),
         eos_token_ids=_eos_token_ids(base),

@@ -1,5 +1,6 @@
 """`hydra-export verify`: the engine in ONNX Runtime against its PyTorch module for every kind of
-call (prefill, tree step, a tree prefix, autoregressive step, greedy and sampled), then an
+call (prefill, tree step with its copy chain, a tree prefix, autoregressive step, greedy and
+sampled), then an
 end-to-end greedy run of the runtime against the PyTorch reference decoder. Artifacts with a
 TensorRT plan also get the plan against ONNX Runtime (Polygraphy) and Hydra decoding on the
 plan against autoregressive decoding on it."""
@@ -13,11 +14,10 @@ import numpy as np
 import torch
 
 from hydra_runtime.backends.decode_backend import is_kv
-from hydra_runtime.engine import INPUT_IDS, NEXT_TREE_TOKENS, PAST_PREFIX, PRESENT_PREFIX, TREE_TOKENS
+from hydra_runtime.engine import COPY_TOKENS, INPUT_IDS, NEXT_TREE_TOKENS, PAST_PREFIX, PRESENT_PREFIX, TREE_TOKENS
 from hydra_runtime.generator import Generator
 from hydra_runtime.manifest import Manifest, inside_artifact
 from hydra_runtime.sampling import SamplingConfig
-from hydra_runtime.tree import TreeBuffers
 
 from .artifact_builder import DTYPES
 from .base_model import load_base_model
@@ -55,10 +55,11 @@ class VerifyReport:
 
 def engine_cases(prompt_ids: list[int], tree_nodes: int) -> dict[str, dict]:
     """Feeds for each kind of engine call, before any K/V exists (the past comes from the prefill):
-    name -> (input_ids, tree_tokens, sampling settings)."""
+    name -> (input_ids, tree_tokens, copy_tokens (none at prefill), sampling settings)."""
     greedy, sampled = SamplingConfig().engine_feeds(0.0), SamplingConfig(temperature=0.8).engine_feeds(0.6)
     prompt = np.asarray(prompt_ids, dtype=np.int64)
     root = prompt[-1:]
+    greedy, sampled = ({COPY_TOKENS: prompt[:0]} | controls for controls in (greedy, sampled))
     return {
         "prefill": {INPUT_IDS: prompt[:-1], TREE_TOKENS: np.repeat(root, tree_nodes), **greedy},
         "prefill, sampled": {INPUT_IDS: prompt[:-1], TREE_TOKENS: np.repeat(root, tree_nodes), **sampled},
@@ -80,7 +81,7 @@ def verify_artifact(
     dtype = DTYPES[manifest.dtype]
     base = load_base_model(model or manifest.base_model.name, dtype=dtype)
     heads = load_heads(inside_artifact(artifact_dir, manifest.heads["directory"]), base.config).to(dtype)
-    tree = TreeBuffers.from_choices(manifest.tree_choices)
+    tree = manifest.tree_buffers()
     torch_engine = TorchEngine(build_engine_spec(base, heads, tree, manifest.max_seq_len, dtype))
 
     report_stage("compare the engine with PyTorch, call by call")
@@ -101,7 +102,9 @@ def verify_artifact(
             tree_tokens = expected[NEXT_TREE_TOKENS]
             for step, tokens in (("tree step", tree_tokens), ("tree step, 3 nodes", tree_tokens[:3]),
                                  ("autoregressive step", tree_tokens[:1])):
-                step_feeds = {**host, INPUT_IDS: host[INPUT_IDS][:0], TREE_TOKENS: tokens} | past
+                # A copy chain taken from the prompt: some of it may even be accepted.
+                copy = np.asarray(prompt_ids[1 : min(tree.copy_nodes, len(tokens) - 1) + 1], dtype=np.int64)
+                step_feeds = {**host, INPUT_IDS: host[INPUT_IDS][:0], TREE_TOKENS: tokens, COPY_TOKENS: copy} | past
                 report.comparisons += compare_outputs(step, onnx_engine.run(step_feeds),
                                                       torch_engine.run(step_feeds))
                 feeds_by_case[step] = step_feeds

@@ -138,6 +138,9 @@ def build(
     tree: Annotated[Optional[str], typer.Option(help=f"Tree preset ({', '.join(sorted(TREE_PRESETS))}) or JSON "
                                                 "file of choices. Default: the heads' own tree.json (grown by "
                                                 "tree-search) if any, else tree16.")] = None,
+    copy_nodes: Annotated[Optional[int], typer.Option("--copy-nodes", help="Copy chain under the root (tokens "
+                                                      "the runtime copies from the prompt and output; 0: none). "
+                                                      "Default: the tree file's, else 4.")] = None,
     target: Annotated[TargetChoice, typer.Option(help="onnx, or tensorrt (the ONNX engine plus its TensorRT "
                                                  "plan; needs a GPU).")] = TargetChoice.onnx,
     dtype: Annotated[Optional[DtypeChoice], typer.Option(help="Default: fp32 for onnx, fp16 for tensorrt "
@@ -152,22 +155,24 @@ def build(
     """Trace base model + heads into an artifact directory (one engine, weights, tokenizer, manifest)."""
     from hydra_runtime.tree import TreeBuffers
 
-    from .artifact_builder import DTYPES, BUILD_STAGES, BuildOptions, build_artifact, check_output, default_tree
+    from .artifact_builder import (
+        BUILD_STAGES,
+        DEFAULT_COPY_NODES,
+        DTYPES,
+        BuildOptions,
+        build_artifact,
+        check_output,
+        default_tree,
+    )
     from .base_model import load_base_model
     from .heads.reference_formats import load_heads
-    from .shipped_heads import shipped_heads_dir
     from .tensorrt_build import TensorRTOptions
 
     options = BuildOptions(tree_name="", dtype=dtype.value if dtype else None, max_seq_len=max_seq_len,
                            target=target.value, force=force,
                            tensorrt=TensorRTOptions(timing_cache, trt_optimization_level))
     check_output(output, force)  # before minutes of loading
-    heads_dir = heads or shipped_heads_dir(model)
-    if heads_dir is None:
-        raise HydraExportError(
-            f"no heads given and none are shipped for {model!r}; train some with "
-            "`hydra-export train recipes/<recipe>.json` and pass --heads DIR"
-        )
+    heads_dir = _heads_dir(heads, model)
     with stage_progress() as progress:
         stages = BUILD_STAGES + (1 if target == TargetChoice.tensorrt else 0)
         task = progress.add_task("load base model", total=stages)
@@ -186,11 +191,12 @@ def build(
         draft_heads = load_heads(heads_dir, base.config)
         tree = tree or default_tree(heads_dir)
         options = dataclasses.replace(options, tree_name=str(tree))
-        tree_buffers = TreeBuffers.from_spec(tree, num_heads=draft_heads.config.num_heads)
+        tree_buffers = TreeBuffers.from_spec(tree, num_heads=draft_heads.config.num_heads, copy_nodes=copy_nodes,
+                                             default_copy_nodes=DEFAULT_COPY_NODES)
         build_artifact(base, draft_heads, tree_buffers, output, options, progress=advance)
         progress.update(task, completed=stages, description=f"artifact written to {output}")
-    stdout.print(f"built {output} ({draft_heads.kind} heads, {tree_buffers.num_nodes}-node tree, "
-                 f"{options.resolved_dtype})", markup=False)
+    stdout.print(f"built {output} ({draft_heads.kind} heads, {tree_buffers.num_nodes}-node tree + "
+                 f"{tree_buffers.copy_nodes}-node copy chain, {options.resolved_dtype})", markup=False)
 
 
 @app.command()
@@ -231,28 +237,107 @@ def training_curves(
     stdout.print_json(json.dumps(plot_learning_curves(heads, plot)))
 
 
+def integer_list(text: str, option: str, minimum: int) -> list[int]:
+    try:
+        values = [int(value) for value in text.split(",")]
+    except ValueError:
+        raise HydraExportError(f"{option} takes comma-separated integers, got {text!r}") from None
+    if any(value < minimum for value in values):
+        raise HydraExportError(f"{option} values must be at least {minimum}, got {text!r}")
+    return values
+
+
 @app.command("tree-search")
 @friendly_errors
 def tree_search(
-    recipe: Annotated[Path, typer.Argument(help="The recipe the heads were trained with (its data cache is reused).")],
-    nodes: Annotated[str, typer.Option(help="Comma-separated tree sizes (root included).")] = "8,16,24,64",
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the grown trees here (JSON).")] = None,
+    prompts: Annotated[Path, typer.Option(help="Tuning prompts, jsonl (MT-Bench format). Use prompts that are not "
+                                          "your benchmark's, e.g. data/sharegpt_prompts.jsonl.",
+                                          exists=True, dir_okay=False)],
+    model: ModelOption = "smollm2-135m-instruct",
+    heads: Annotated[Optional[Path], typer.Option(help="Heads directory. Default: the shipped heads for the "
+                                                  "default model.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Use the first N prompts.")] = 40,
+    max_new_tokens: Annotated[int, typer.Option(min=8, help="Answer length per prompt.")] = 256,
+    nodes: Annotated[str, typer.Option(help="Comma-separated budgets of verified nodes (root included): drafted "
+                                       "nodes plus the copy chain.")] = "8,12,16,24",
+    copy: Annotated[str, typer.Option(help="Comma-separated copy-chain lengths to try in each budget.")] = "0,4,6,8",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the best tree of each budget "
+                                                   "here as OUTPUT-<nodes>.json (a --tree file for build).")] = None,
 ):
-    """Grow the trees with the highest expected acceptance for trained heads; prints JSON."""
-    from .training.recipe import TrainRecipe
-    from .training.tree_planning import plan_trees
+    """Find the drafted tree and copy chain with the longest accepted length for trained heads, by
+    replaying greedy decoding over the model's own answers (decode simulator); prints JSON."""
+    from hydra_runtime.tree import MAX_COPY_NODES
 
-    try:
-        sizes = [int(size) for size in nodes.split(",")]
-    except ValueError:
-        raise HydraExportError(f"--nodes takes comma-separated integers, got {nodes!r}") from None
-    if any(size < 1 for size in sizes):
-        raise HydraExportError(f"tree sizes must be at least 1 (the root), got {nodes!r}")
-    plan = plan_trees(TrainRecipe.from_file(recipe), sizes)
+    from .base_model import load_base_model
+    from .heads.reference_formats import load_heads
+    from .training.tree_planning import plan_trees, traces_for_prompts
+
+    budgets = integer_list(nodes, "--nodes", 1)
+    copy_lengths = integer_list(copy, "--copy", 0)
+    if any(length == 1 or length > MAX_COPY_NODES for length in copy_lengths):
+        raise HydraExportError(f"--copy lengths must be 0 or 2..{MAX_COPY_NODES}, got {copy!r}")
+    heads_dir = _heads_dir(heads, model)
+    with stage_progress() as progress:
+        task = progress.add_task("load base model", total=None)
+
+        def report(stage: str, done: int, total: int) -> None:
+            progress.update(task, description=stage, completed=done, total=total)
+
+        base = load_base_model(model)
+        draft_heads = load_heads(heads_dir, base.config)
+        traces = traces_for_prompts(base, draft_heads, model, prompts, limit, max_new_tokens, report)
+    plan = plan_trees(traces, budgets, copy_lengths, draft_heads.config.num_heads)
     if output:
-        for size, grown in plan["grown"].items():
-            (output.parent / f"{output.stem}-{size}{output.suffix or '.json'}").write_text(json.dumps(grown["choices"]))
+        for tree in plan["trees"]:
+            best = tree["best"]
+            path = output.parent / f"{output.stem}-{tree['nodes']}{output.suffix or '.json'}"
+            path.write_text(json.dumps({"choices": best["choices"], "copy_nodes": best["copy_nodes"]}) + "\n")
     stdout.print_json(json.dumps(plan))
+
+
+@app.command()
+@friendly_errors
+def simulate(
+    artifact: ArtifactDir,
+    prompts: Annotated[Path, typer.Option(help="jsonl of prompts (MT-Bench format).", exists=True, dir_okay=False)],
+    limit: Annotated[int, typer.Option(min=1, help="Use the first N prompts.")] = 40,
+    max_new_tokens: Annotated[int, typer.Option(min=8, help="Answer length per prompt.")] = 256,
+):
+    """Predict an artifact's mean accepted length on prompts without running it (decode simulator:
+    greedy answers of the PyTorch base model, replayed through the artifact's heads and tree); prints JSON."""
+    from hydra_runtime.decode_simulator import simulate as replay
+    from hydra_runtime.manifest import Manifest, inside_artifact
+
+    from .base_model import load_base_model
+    from .heads.reference_formats import load_heads
+    from .training.tree_planning import traces_for_prompts
+
+    manifest = Manifest.read(artifact, verify_checksums=False)
+    with stage_progress() as progress:
+        task = progress.add_task("load base model", total=None)
+
+        def report(stage: str, done: int, total: int) -> None:
+            progress.update(task, description=stage, completed=done, total=total)
+
+        base = load_base_model(manifest.base_model.name)
+        heads = load_heads(inside_artifact(artifact, manifest.heads["directory"]), base.config)
+        traces = traces_for_prompts(base, heads, manifest.base_model.name, prompts, limit, max_new_tokens, report)
+    run = replay(manifest.tree_buffers(), traces)
+    stdout.print_json(json.dumps({"artifact": str(artifact), "prompts": str(prompts), "limit": limit,
+                                  "simulated_accepted_length": round(run.mean_accepted_length, 4),
+                                  "steps": len(run.accepted_lengths), "copy_wins": run.copy_wins}))
+
+
+def _heads_dir(heads: Path | None, model: str) -> Path:
+    from .shipped_heads import shipped_heads_dir
+
+    heads_dir = heads or shipped_heads_dir(model)
+    if heads_dir is None:
+        raise HydraExportError(
+            f"no heads given and none are shipped for {model!r}; train some with "
+            "`hydra-export train recipes/<recipe>.json` and pass --heads DIR"
+        )
+    return heads_dir
 
 
 @app.command()

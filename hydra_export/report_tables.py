@@ -26,8 +26,9 @@ def inspect_view(artifact: Path, manifest: Manifest) -> list:
         f"{manifest.base_model.num_layers} layers)",
         f"heads: {heads.get('kind')} x{heads.get('num_heads')}, {heads.get('num_layers')} blocks each, "
         f"{'own' if heads.get('own_lm_head') else 'shared'} LM head",
-        "one engine: prefill (input_ids + a one-root tree), tree steps and autoregressive steps (a one-node "
-        "tree), greedy (temperature 0) or sampled",
+        "one engine: prefill (input_ids + a one-root tree), tree steps (drafted nodes + the copy chain the "
+        "runtime fills by prompt lookup) and autoregressive steps (a one-node tree), greedy (temperature 0) "
+        "or sampled",
     ]
     title = manifest.engine.file
     if manifest.tensorrt is not None:
@@ -43,10 +44,11 @@ def inspect_view(artifact: Path, manifest: Manifest) -> list:
     for kind, values in (("in", manifest.engine.inputs), ("out", manifest.engine.outputs)):
         for name, dtype, shape in _abbreviate_kv(values):
             table.add_row(kind, name, dtype, shape)
-    tree = TreeBuffers.from_choices(manifest.tree_choices)
+    tree = manifest.tree_buffers()
     drawing = tree.drawing() if tree.num_nodes <= MAX_TREE_LINES else _depth_summary(tree)
-    return [Text(line) for line in lines] + [table, Text(f"tree {manifest.tree.name}: {tree.num_nodes} nodes, "
-                                                         f"depth {tree.max_depth}"), Text(drawing)]
+    return [Text(line) for line in lines] + [table, Text(f"tree {manifest.tree.name}: {tree.num_nodes} drafted nodes, "
+                                                         f"depth {tree.max_depth}, copy chain of "
+                                                         f"{tree.copy_nodes}"), Text(drawing)]
 
 
 def verify_table(report) -> Table:

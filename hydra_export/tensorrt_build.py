@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hydra_runtime.backends.tensorrt_backend import MAX_CAUSAL_TOKENS, import_tensorrt
-from hydra_runtime.engine import NEW_TOKENS, PAST_SEQUENCE, TREE_NODES
+from hydra_runtime.engine import COPY_NODES, NEW_TOKENS, PAST_SEQUENCE, TREE_NODES
 from hydra_runtime.manifest import Manifest, TensorRTPlan, TensorSpec
 
 from .default_models import cache_root
@@ -49,16 +49,18 @@ def check_tensorrt_available() -> str:
     return trt.__version__
 
 
-def profile_shapes(inputs: tuple[TensorSpec, ...], max_seq_len: int, tree_nodes: int,
+def profile_shapes(inputs: tuple[TensorSpec, ...], max_seq_len: int, tree_nodes: int, copy_nodes: int,
                    options: TensorRTOptions) -> dict[str, list[list[int]]]:
     """min / opt / max shape of every input with symbolic dims (from the manifest's engine entry).
 
-    Prompt chunks of 0..MAX_CAUSAL_TOKENS causal tokens, trees of 1..N nodes (tuned for the whole tree,
-    the steady state), caches from empty to full.
+    Prompt chunks of 0..MAX_CAUSAL_TOKENS causal tokens, trees of 1..N nodes and copy chains of 0..C
+    (tuned for the whole tree and chain, the steady state), caches from empty to full. A tree without
+    a chain has a static copy_tokens [0], which needs no profile.
     """
     ranges = {
         NEW_TOKENS: (0, 0, min(MAX_CAUSAL_TOKENS, max_seq_len - 1)),  # the backend feeds prompts in chunks
         TREE_NODES: (1, tree_nodes, tree_nodes),
+        COPY_NODES: (0, copy_nodes, copy_nodes),
         PAST_SEQUENCE: (0, min(options.opt_past_len, max_seq_len - 1), max_seq_len - 1),
     }
     shapes = {}
@@ -101,7 +103,8 @@ def build_plan(staging: Path, manifest: Manifest, options: TensorRTOptions,
         raise HydraExportError(f"TensorRT refused the timing cache {cache_path}; delete it and build again")
     config.builder_optimization_level = options.optimization_level
     profile = builder.create_optimization_profile()
-    shapes = profile_shapes(manifest.engine.inputs, manifest.max_seq_len, manifest.tree.num_nodes, options)
+    shapes = profile_shapes(manifest.engine.inputs, manifest.max_seq_len, manifest.tree.num_nodes,
+                            manifest.tree.copy_nodes, options)
     for name, (low, opt, high) in shapes.items():
         profile.set_shape(name, low, opt, high)
     if config.add_optimization_profile(profile) < 0:

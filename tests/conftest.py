@@ -82,7 +82,8 @@ def model_dirs(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def artifacts(tmp_path_factory, model_dirs):
-    """Artifacts built once per (model, head kind, tree, max_seq_len) and shared by the tests."""
+    """Artifacts built once per (model, head kind, tree, max_seq_len, ...) and shared by the tests.
+    They carry a copy chain unless ``copy_nodes=0``, like the CLI's default."""
     from hydra_export.artifact_builder import BuildOptions, build_artifact
     from hydra_export.base_model import load_base_model
     from hydra_export.heads.checkpoint import save_heads
@@ -91,15 +92,16 @@ def artifacts(tmp_path_factory, model_dirs):
     built = {}
 
     def get(model: str, kind: str, tree: str = "tree16", max_seq_len: int = 256, draft_vocab_size: int = 0,
-            dtype: str = "fp32", target: str = "onnx"):
-        key = (model, kind, tree, max_seq_len, draft_vocab_size, dtype, target)
+            dtype: str = "fp32", target: str = "onnx", copy_nodes: int = 4):
+        key = (model, kind, tree, max_seq_len, draft_vocab_size, dtype, target, copy_nodes)
         if key not in built:
             base = load_base_model(model_dirs[model])
             heads = random_heads(base, kind, draft_vocab_size=draft_vocab_size)
             root = tmp_path_factory.mktemp("artifact")
             save_heads(heads, root / "heads")
             options = BuildOptions(tree_name=tree, max_seq_len=max_seq_len, dtype=dtype, target=target)
-            built[key] = build_artifact(base, heads, TreeBuffers.from_name(tree), root / "artifact", options)
+            built[key] = build_artifact(base, heads, TreeBuffers.from_name(tree, copy_nodes=copy_nodes), root / "artifact",
+                                         options)
         return built[key]
 
     return get

@@ -57,14 +57,14 @@ def test_tensorrt_profile_covers_prompts_trees_and_empty_to_full_cache():
     from hydra_runtime.manifest import TensorSpec
 
     inputs = (TensorSpec("input_ids", "int64", ("new_tokens",)), TensorSpec("tree_tokens", "int64", ("tree_nodes",)),
-              TensorSpec("temperature", "float", ()),
+              TensorSpec("copy_tokens", "int64", ("copy_nodes",)), TensorSpec("temperature", "float", ()),
               TensorSpec("past_key_values.0.key", "float16", (1, "past_sequence", 3, 64)))
     options = TensorRTOptions(opt_past_len=512)
-    assert profile_shapes(inputs, 2048, 16, options) == {
-        "input_ids": [[0], [0], [512]], "tree_tokens": [[1], [16], [16]],
+    assert profile_shapes(inputs, 2048, 16, 4, options) == {
+        "input_ids": [[0], [0], [512]], "tree_tokens": [[1], [16], [16]], "copy_tokens": [[0], [4], [4]],
         "past_key_values.0.key": [[1, 0, 3, 64], [1, 512, 3, 64], [1, 2047, 3, 64]]}
     with pytest.raises(HydraExportError, match="symbolic dims \\['batch'\\]"):
-        profile_shapes((TensorSpec("x", "float", ("batch", 4)),), 256, 16, options)
+        profile_shapes((TensorSpec("x", "float", ("batch", 4)),), 256, 16, 4, options)
 
 
 @no_gpu

@@ -18,7 +18,7 @@ def test_build_then_inspect_generate_verify_bench(tmp_path, model_dirs, artifact
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
 
     result = invoke("inspect", out)
-    assert result.exit_code == 0 and "tree tree8: 8 nodes, depth 3" in result.output
+    assert result.exit_code == 0 and "tree tree8: 8 drafted nodes, depth 3, copy chain of 4" in result.output
     assert "past_key_values.0.key" in result.output and "next_tree_tokens" in result.output
 
     result = invoke("generate", out, "Hello", "-n", 6, "--json")

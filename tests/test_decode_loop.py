@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from hydra_runtime import TreeBuffers
-from hydra_runtime.acceptance import greedy_node_ok, longest_accepted_path
+from hydra_runtime.acceptance import greedy_node_ok, longest_accepted_rows, parent_rows
 from hydra_runtime.backends.decode_backend import BindingPlan
 from hydra_runtime.decode_loop import StopRule, decode, nodes_that_fit
 from hydra_runtime.manifest import GraphEntry, TensorSpec
@@ -27,33 +27,40 @@ class FakeBackend:
         self.cache: list[int] = []
         self.length = 0
         self.calls: list[tuple[int, int]] = []  # (T, n) of every call
+        self.copies: list[list[int]] = []  # copy_tokens of every call
         self._written: list[int] = []
 
     def reset(self) -> None:
         self.cache, self.length = [], 0
 
     def run(self, feeds):
-        causal, tree_tokens = list(feeds["input_ids"]), feeds["tree_tokens"]
-        n = len(tree_tokens)
+        causal, tree_tokens, copy_tokens = list(feeds["input_ids"]), feeds["tree_tokens"], feeds["copy_tokens"]
+        n, c = len(tree_tokens), len(copy_tokens)
         self.calls.append((len(causal), n))
-        assert self.length + len(causal) + self.tree.max_depth + 1 <= self.capacity
-        max_seq_len = self.capacity - self.tree.max_depth - 1
-        assert self.length + len(causal) + self.tree.depths[n - 1] < max_seq_len  # every position fits
-        predictions = np.array([next_token(int(t)) for t in tree_tokens])
-        ok = greedy_node_ok(tree_tokens, predictions, self.tree.parents[:n]) & (len(causal) == 0)
+        self.copies.append(copy_tokens.tolist())
+        assert c <= self.tree.copy_nodes
+        path_length = self.tree.path_length
+        assert self.length + len(causal) + path_length <= self.capacity
+        max_seq_len = self.capacity - path_length
+        nodes = self.tree.verified_nodes(n, c)
+        assert self.length + len(causal) + self.tree.depths[nodes].max() < max_seq_len  # every position fits
+        verified = np.concatenate([tree_tokens, copy_tokens])
+        predictions = np.array([next_token(int(t)) for t in verified])
+        ok = greedy_node_ok(verified, predictions, parent_rows(self.tree, nodes)) & (len(causal) == 0)
         ok[0] = True
-        path = longest_accepted_path(self.tree.retrieve_paths, ok)
+        path = longest_accepted_rows(self.tree, nodes, ok)
         root = int(predictions[path[-1]])
-        self._written = causal + [int(t) for t in tree_tokens[path]]
+        self._written = causal + [int(t) for t in verified[path]]
         next_tree = np.empty(n, dtype=np.int64)  # drafts: the true continuation of each node's parent
         next_tree[0] = root
         for node in range(1, n):
             parent = self.tree.parents[node]
             right = next_token(int(next_tree[parent]))
-            next_tree[node] = right + self.tree.ranks[node] if self.drafts_right else 49 - right
-        nodes = np.zeros(self.tree.max_depth + 1, dtype=np.int64)
-        nodes[: len(path)] = path
-        return {"next_tree_tokens": next_tree, "accepted_nodes": nodes, "accepted_count": np.array(len(path))}
+            rank = self.tree.choices[node - 1][-1]
+            next_tree[node] = right + rank if self.drafts_right else 49 - right
+        rows = np.zeros(path_length, dtype=np.int64)
+        rows[: len(path)] = path
+        return {"next_tree_tokens": next_tree, "accepted_nodes": rows, "accepted_count": np.array(len(path))}
 
     def commit(self, rows: int) -> None:
         self.cache += self._written[:rows]
@@ -77,7 +84,7 @@ TREE = TreeBuffers.from_choices([[0], [1], [0, 0], [0, 1], [0, 0, 0]])  # rank-0
 def test_right_drafts_are_accepted_to_full_depth_and_output_is_lossless():
     backend = FakeBackend(TREE, capacity=200)
     stop = StopRule(max_new_tokens=40, eos_token_ids=frozenset(), max_seq_len=196, prompt_tokens=3)
-    ids, stats = decode(backend, [7, 8, 9], stop, TREE.depths)
+    ids, stats = decode(backend, [7, 8, 9], stop, TREE)
     assert ids == autoregressive([7, 8, 9], 40)
     assert backend.calls[0] == (2, TREE.num_nodes)  # prefill: prompt but its last token, a full tree
     assert set(stats.accepted_lengths) == {4}  # every step: 3 drafts + the root's successor
@@ -87,7 +94,7 @@ def test_right_drafts_are_accepted_to_full_depth_and_output_is_lossless():
 def test_wrong_drafts_still_give_the_models_tokens():
     backend = FakeBackend(TREE, capacity=200, drafts_right=False)
     stop = StopRule(max_new_tokens=25, eos_token_ids=frozenset(), max_seq_len=196, prompt_tokens=2)
-    ids, stats = decode(backend, [4, 5], stop, TREE.depths)
+    ids, stats = decode(backend, [4, 5], stop, TREE)
     assert ids == autoregressive([4, 5], 25)
     assert set(stats.accepted_lengths) == {1}
 
@@ -95,15 +102,15 @@ def test_wrong_drafts_still_give_the_models_tokens():
 def test_autoregressive_mode_sends_one_node_trees():
     backend = FakeBackend(TREE, capacity=200)
     stop = StopRule(max_new_tokens=10, eos_token_ids=frozenset(), max_seq_len=196, prompt_tokens=2)
-    ids, stats = decode(backend, [4, 5], stop, TREE.depths, speculative=False)
+    ids, stats = decode(backend, [4, 5], stop, TREE, speculative=False)
     assert ids == autoregressive([4, 5], 10)
     assert all(n == 1 for _, n in backend.calls) and stats.accepted_lengths == []
 
 
 def test_the_tree_shrinks_to_what_fits_at_the_end_of_the_context():
-    backend = FakeBackend(TREE, capacity=30 + TREE.max_depth + 1)
+    backend = FakeBackend(TREE, capacity=30 + TREE.path_length)
     stop = StopRule(max_new_tokens=100, eos_token_ids=frozenset({}), max_seq_len=30, prompt_tokens=3)
-    ids, stats = decode(backend, [1, 2, 3], stop, TREE.depths)
+    ids, stats = decode(backend, [1, 2, 3], stop, TREE)
     assert stats.stop_reason == "context" and 3 + len(ids) == 30
     assert ids == autoregressive([1, 2, 3], 27)
     assert min(n for _, n in backend.calls) < TREE.num_nodes  # tree prefixes near the end (positions checked above)
@@ -114,7 +121,7 @@ def test_long_prompts_are_fed_in_chunks():
     backend.max_causal_tokens = 4
     stop = StopRule(max_new_tokens=12, eos_token_ids=frozenset(), max_seq_len=196, prompt_tokens=11)
     prompt = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5]
-    ids, _ = decode(backend, prompt, stop, TREE.depths)
+    ids, _ = decode(backend, prompt, stop, TREE)
     assert ids == autoregressive(prompt, 12)
     assert backend.calls[:3] == [(4, 1), (4, 1), (0, TREE.num_nodes)]  # 5 + 5 tokens, then the last one
     assert backend.cache[: len(prompt)] == prompt
@@ -125,8 +132,46 @@ def test_eos_stops_inside_an_accepted_path():
     expected = autoregressive([7, 8, 9], 40)
     eos = expected[10]
     stop = StopRule(max_new_tokens=40, eos_token_ids=frozenset({eos}), max_seq_len=196, prompt_tokens=3)
-    ids, stats = decode(backend, [7, 8, 9], stop, TREE.depths)
+    ids, stats = decode(backend, [7, 8, 9], stop, TREE)
     assert ids == expected[: expected.index(eos) + 1] and stats.stop_reason == "eos"
+
+
+COPY_TREE = TreeBuffers.from_choices([[0], [1], [0, 0]], copy_nodes=6)
+CYCLE = [7, 22, 17, 2]  # next_token cycles through these: the history repeats itself every 4 tokens
+
+
+def test_a_matching_copy_chain_is_accepted_in_full():
+    backend = FakeBackend(COPY_TREE, capacity=200, drafts_right=False)  # the heads are always wrong
+    stop = StopRule(max_new_tokens=40, eos_token_ids=frozenset(), max_seq_len=194, prompt_tokens=5)
+    ids, stats = decode(backend, CYCLE + [7], stop, COPY_TREE)
+    assert ids == autoregressive([7], 40)
+    assert backend.copies[0] == [] and backend.copies[1] == (CYCLE * 2)[2:8]  # lookup after "7 22", continued
+    assert set(stats.accepted_lengths) == {7}  # 6 copied tokens + the root's successor, every step
+
+
+def test_the_copy_chain_is_rejected_when_the_history_misleads():
+    backend = FakeBackend(COPY_TREE, capacity=200)
+    prompt = [22, 5, 5, 5, 7]  # the model says 22 17 ...; lookup proposes 5 5 5 7 22 5 after 22
+    stop = StopRule(max_new_tokens=30, eos_token_ids=frozenset(), max_seq_len=194, prompt_tokens=5)
+    ids, stats = decode(backend, prompt, stop, COPY_TREE)
+    assert ids == autoregressive(prompt, 30)
+    assert backend.copies[1] == [5, 5, 5, 7, 22, 5]
+    assert stats.accepted_lengths[0] == 3  # the heads' two right drafts + the root's successor, not the chain
+
+
+def test_the_copy_chain_shrinks_at_the_end_of_the_context():
+    backend = FakeBackend(COPY_TREE, capacity=30 + COPY_TREE.path_length, drafts_right=False)
+    stop = StopRule(max_new_tokens=100, eos_token_ids=frozenset(), max_seq_len=30, prompt_tokens=5)
+    ids, stats = decode(backend, CYCLE + [7], stop, COPY_TREE)
+    assert stats.stop_reason == "context" and 5 + len(ids) == 30 and ids == autoregressive([7], 25)
+    assert 0 < min(len(copy) for copy in backend.copies[1:]) < COPY_TREE.copy_nodes  # positions checked in run()
+
+
+def test_autoregressive_mode_sends_no_copy_chain():
+    backend = FakeBackend(COPY_TREE, capacity=200)
+    stop = StopRule(max_new_tokens=10, eos_token_ids=frozenset(), max_seq_len=194, prompt_tokens=5)
+    ids, _ = decode(backend, CYCLE + [7], stop, COPY_TREE, speculative=False)
+    assert ids == autoregressive([7], 10) and all(copy == [] for copy in backend.copies)
 
 
 @pytest.mark.parametrize("room, expected", [(0, 1), (1, 3), (2, 5), (3, 6), (99, 6)])

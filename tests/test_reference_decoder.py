@@ -117,3 +117,31 @@ def test_tree_attention_bias_layout():
     bias = tree_attention_bias(2, tree.attention_mask, torch.float32)[0, 0]
     allowed = (bias == 0).int().tolist()
     assert allowed == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 1, 0, 1]]
+
+
+@pytest.mark.parametrize("kind", ["medusa", "hydra", "hydra++"])
+def test_copy_chain_stays_lossless_and_is_accepted_past_the_heads_depth(base, kind):
+    tree = TreeBuffers.from_name("tree8", copy_nodes=8)  # heads draft 3 deep, the chain 8
+    decoder = ReferenceDecoder(base, random_heads(base, kind), tree)
+    longest = 0
+    for prompt in random_prompts(3, seed=17):
+        result = decoder.generate(prompt, 60)
+        assert result.tokens == autoregressive(base, prompt, 60)
+        longest = max(longest, *result.accepted_lengths)
+    assert longest > tree.max_depth + 1  # only the copy chain reaches that far (random models repeat themselves)
+
+
+def test_copy_chain_with_typical_acceptance_is_seeded(qwen2):
+    decoder = ReferenceDecoder(qwen2, random_heads(qwen2, "hydra"), TreeBuffers.from_name("tree8", copy_nodes=4))
+    sampling = SamplingConfig(temperature=0.7)
+    runs = [decoder.generate([5, 6, 7, 5, 6], 30, sampling=sampling, seed=3).tokens for _ in range(2)]
+    assert runs[0] == runs[1] and len(runs[0]) == 30
+
+
+def test_copy_chain_shrinks_at_the_end_of_the_context(llama):
+    prompt = random_prompts(1, seed=3)[0]
+    max_seq_len = len(prompt) + 21
+    decoder = ReferenceDecoder(llama, random_heads(llama, "hydra"), TreeBuffers.from_name("chain4", copy_nodes=8),
+                               max_seq_len=max_seq_len)
+    result = decoder.generate(prompt, 100)
+    assert result.stop_reason == "context" and result.tokens == autoregressive(llama, prompt, 21)

@@ -139,7 +139,7 @@ def test_a_planted_pickle_checkpoint_is_not_loaded(tmp_path, model_dirs):
 
     from hydra_export.training.recipe import TrainRecipe
     from hydra_export.training.trainer import Trainer
-    from conftest import DATA, invoke
+    from conftest import DATA
 
     witness = tmp_path / "pwned"
 

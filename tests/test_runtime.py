@@ -14,6 +14,7 @@ from hydra_export.artifact_verifier import verify_artifact
 from hydra_export.base_model import load_base_model
 from hydra_runtime import ArtifactError, GenerationInputError, InvalidTreeError
 from hydra_runtime.generator import Generator
+from hydra_runtime.manifest import FORMAT_VERSION
 
 
 def autoregressive(base, prompt, max_new_tokens):
@@ -28,13 +29,14 @@ def prompts(count, seed):
     return [[rng.randrange(3, 128) for _ in range(rng.randrange(1, 30))] for _ in range(count)]
 
 
-CASES = [("llama", "medusa", 0), ("llama", "hydra", 0), ("llama", "hydra++", 0), ("qwen2", "hydra", 0),
-         ("qwen2", "hydra++", 0), ("llama", "hydra++", 40)]
+CASES = [("llama", "medusa", 0, 4), ("llama", "hydra", 0, 4), ("llama", "hydra++", 0, 4), ("qwen2", "hydra", 0, 0),
+         ("qwen2", "hydra++", 0, 4), ("llama", "hydra++", 40, 4)]
 
 
-@pytest.mark.parametrize("model, kind, draft_vocab_size", CASES)
-def test_graphs_match_pytorch_and_output_is_lossless(artifacts, model_dirs, model, kind, draft_vocab_size):
-    artifact = artifacts(model, kind, draft_vocab_size=draft_vocab_size)
+@pytest.mark.parametrize("model, kind, draft_vocab_size, copy_nodes", CASES)
+def test_graphs_match_pytorch_and_output_is_lossless(artifacts, model_dirs, model, kind, draft_vocab_size,
+                                                     copy_nodes):
+    artifact = artifacts(model, kind, draft_vocab_size=draft_vocab_size, copy_nodes=copy_nodes)
     report = verify_artifact(artifact, model=str(model_dirs[model]))
     assert report.comparisons and all(c.max_abs_error < 1e-4 for c in report.comparisons)
     assert all(c.exact for c in report.comparisons if c.exact is not None)
@@ -60,8 +62,18 @@ def test_fused_step_accepts_long_paths(artifacts, model_dirs):
     assert max(stats.accepted_lengths) == 5 and stats.mean_accepted_length > 2.5
 
 
+def test_copy_chain_is_accepted_past_the_heads_depth(artifacts, model_dirs):
+    # tree8 drafts 3 deep; the chain of 8 copies the loop this tiny Llama falls into.
+    generator = Generator.load(artifacts("llama", "medusa", tree="tree8", copy_nodes=8, max_seq_len=40))
+    base = load_base_model(model_dirs["llama"])
+    prompt = [5, 9, 33, 7, 100]
+    ids, stats = generator.generate_ids(prompt, 30)
+    assert ids == autoregressive(base, prompt, 30)
+    assert max(stats.accepted_lengths) == 9  # all 8 chain nodes and the root's successor
+
+
 def test_context_limit_falls_back_and_stops_cleanly(artifacts, model_dirs):
-    generator = Generator.load(artifacts("llama", "medusa", max_seq_len=40))
+    generator = Generator.load(artifacts("llama", "medusa", tree="tree8", copy_nodes=8, max_seq_len=40))
     base = load_base_model(model_dirs["llama"])
     prompt = [5, 9, 33, 7, 100, 17, 18]
     ids, stats = generator.generate_ids(prompt, 500)
@@ -147,7 +159,7 @@ def test_unknown_format_version(broken_copy):
     manifest = json.loads((broken_copy / "manifest.json").read_text())
     manifest["format_version"] = 99
     (broken_copy / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactError, match="format version 99 but this runtime reads version 2"):
+    with pytest.raises(ArtifactError, match=f"format version 99 but this runtime reads version {FORMAT_VERSION}"):
         Generator.load(broken_copy)
 
 

@@ -95,17 +95,43 @@ def test_train_tree_search_and_curves_commands(tmp_path, model_dirs):
     assert result.exit_code == 0, result.output
     assert "heads written to" in result.output
 
-    result = runner.invoke(app, ["tree-search", str(path), "--nodes", "4,8", "-o", str(tmp_path / "tree.json")])
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"turns": [text]}) + "\n" for text in ("hello there", "the cat sat", "a b c")))
+    search = ["tree-search", "--prompts", str(prompts), "--model", str(model_dirs["llama"]), "--heads",
+              recipe.output_dir, "--limit", "3", "--max-new-tokens", "24", "--nodes", "4,8", "--copy", "0,2,4"]
+    result = runner.invoke(app, [*search, "-o", str(tmp_path / "tree.json")], env={"HYDRA_EXPORT_CACHE": str(tmp_path)})
     assert result.exit_code == 0, result.output
     plan = json.loads(result.stdout)
-    assert len(plan["rank_probs"]) == 4 and set(plan["grown"]) == {"4", "8"}
-    assert plan["grown"]["8"]["expected_tokens_per_step"] >= plan["grown"]["4"]["expected_tokens_per_step"] >= 1.0
-    assert json.loads((tmp_path / "tree-8.json").read_text()) == plan["grown"]["8"]["choices"]
+    assert plan["prompts"] == 3 and [tree["nodes"] for tree in plan["trees"]] == [4, 8]
+    eight = plan["trees"][1]
+    assert [c["copy_nodes"] for c in eight["candidates"]] == [0, 2, 4]
+    assert eight["best"]["simulated_accepted_length"] == max(c["simulated_accepted_length"] for c in eight["candidates"])
+    assert all(c["simulated_accepted_length"] >= 1.0 for c in eight["candidates"])
+    written = json.loads((tmp_path / "tree-8.json").read_text())
+    assert written == {"choices": eight["best"]["choices"], "copy_nodes": eight["best"]["copy_nodes"]}
+    assert len(written["choices"]) + 1 + written["copy_nodes"] == 8
+    assert list((tmp_path / "answers").glob("answers-*.jsonl"))  # the answers are cached for the next search
 
     result = runner.invoke(app, ["training-curves", recipe.output_dir, "--plot", str(tmp_path / "curves.png")])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["hydra"]["tokens"][0] == 0
     assert (tmp_path / "curves.png").stat().st_size > 10_000
 
-    result = runner.invoke(app, ["tree-search", str(path), "--nodes", "x"])
+    result = runner.invoke(app, [*search, "--nodes", "x"])
     assert result.exit_code == 1 and "comma-separated integers" in result.output
+
+
+def test_long_prompts_lose_their_beginning_not_the_template(model_dirs):
+    from hydra_export.base_model import load_base_model
+    from hydra_export.training.dataset import encode_prompt
+
+    base = load_base_model(model_dirs["llama"])
+    one, other = encode_prompt(base, {"instruction": "cat"}), encode_prompt(base, {"instruction": "dog"})
+    prefix = next(i for i, (a, b) in enumerate(zip(one, other)) if a != b)  # template before the request
+    suffix = next(i for i, (a, b) in enumerate(zip(one[::-1], other[::-1])) if a != b)  # ... and after it
+    words = " ".join(["the", "cat", "sat", "on", "a", "mat"] * 40) + " END"
+    full = encode_prompt(base, {"instruction": words})
+    cut = encode_prompt(base, {"instruction": words}, max_tokens=40)
+    assert len(full) > 40 >= len(cut) > prefix + suffix
+    assert cut[:prefix] == one[:prefix] and cut[-suffix:] == one[-suffix:]  # the template survives whole
+    assert cut[-suffix - 1] == full[-suffix - 1]  # the request keeps its end ("END")

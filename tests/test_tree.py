@@ -26,7 +26,6 @@ def test_small_tree_buffers_match_hand_written():
     np.testing.assert_array_equal(tree.attention_mask, expected_mask)
     np.testing.assert_array_equal(tree.depths, [0, 1, 1, 2, 2, 2, 3])
     np.testing.assert_array_equal(tree.parents, [-1, 0, 0, 1, 1, 2, 3])
-    np.testing.assert_array_equal(tree.ranks, [0, 0, 1, 0, 1, 0, 0])
     # Leaves 4, 5, 6, root first, padded with -1 to depth + 1.
     np.testing.assert_array_equal(tree.retrieve_paths, [[0, 1, 4, -1], [0, 2, 5, -1], [0, 1, 3, 6]])
     depth2 = tree.depth_plans[1]
@@ -34,6 +33,38 @@ def test_small_tree_buffers_match_hand_written():
     assert (depth2.child_start, depth2.child_stop, depth2.top_k) == (3, 6, 2)
     np.testing.assert_array_equal(depth2.child_parent_slot, [0, 0, 1])
     np.testing.assert_array_equal(depth2.child_rank, [0, 1, 0])
+
+
+def test_copy_chain_hangs_under_the_root_after_the_drafted_nodes():
+    tree = TreeBuffers.from_choices([[0], [1], [0, 0]], copy_nodes=3)  # drafted 0..3, chain 4, 5, 6
+    assert (tree.num_nodes, tree.num_verified, tree.max_depth, tree.path_length) == (4, 7, 2, 4)
+    np.testing.assert_array_equal(tree.parents, [-1, 0, 0, 1, 0, 4, 5])
+    np.testing.assert_array_equal(tree.depths, [0, 1, 1, 2, 1, 2, 3])
+    np.testing.assert_array_equal(tree.drafted_depths, [0, 1, 1, 2])
+    np.testing.assert_array_equal(tree.retrieve_paths, [[0, 2, -1, -1], [0, 1, 3, -1], [0, 4, 5, 6]])
+    chain = tree.attention_mask[4:, :]  # the chain sees the root and itself, never a drafted node
+    np.testing.assert_array_equal(chain, [[1, 0, 0, 0, 1, 0, 0], [1, 0, 0, 0, 1, 1, 0], [1, 0, 0, 0, 1, 1, 1]])
+    assert not tree.attention_mask[:4, 4:].any()
+    assert [plan.child_stop for plan in tree.depth_plans] == [3, 4]  # the heads draft only nodes 1..3
+    np.testing.assert_array_equal(tree.verified_nodes(2, 2), [0, 1, 4, 5])
+    assert "6 copy 3" in tree.drawing()
+
+
+def test_a_tree_file_may_carry_a_copy_chain(tmp_path):
+    path = tmp_path / "tree.json"
+    path.write_text(json.dumps({"choices": [[0], [0, 0]], "copy_nodes": 4}))
+    assert TreeBuffers.from_spec(path).copy_nodes == 4
+    assert TreeBuffers.from_spec(path, copy_nodes=0).copy_nodes == 0  # the caller's choice wins
+    assert TreeBuffers.from_spec("tree8", copy_nodes=6).num_verified == 8 + 6
+    path.write_text(json.dumps({"choices": [[0]], "copy": 4}))
+    with pytest.raises(InvalidTreeError, match="copy_nodes"):
+        TreeBuffers.from_spec(path)
+
+
+@pytest.mark.parametrize("copy_nodes", [1, -2, 33, True, 2.0, "4"])
+def test_bad_copy_chain_lengths_are_refused(copy_nodes):
+    with pytest.raises(InvalidTreeError, match="copy_nodes must be 0"):
+        TreeBuffers.from_choices([[0]], copy_nodes=copy_nodes)
 
 
 def test_chain_mask_is_causal():

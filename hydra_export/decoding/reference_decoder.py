@@ -1,9 +1,10 @@
 """Lossless Hydra / Medusa speculative decoding in plain PyTorch (batch size 1).
 
 One step: draft a static tree from the heads (one head call per depth, batched over
-that depth's parents), verify every node in one base forward with the tree-attention
-mask, accept the longest path the base model agrees with, keep the accepted KV
-entries, and continue from the base model's own token after the path.
+that depth's parents) and its copy chain from the token history (prompt lookup), verify
+every node in one base forward with the tree-attention mask, accept the longest path the
+base model agrees with, keep the accepted KV entries, and continue from the base model's
+own token after the path.
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from hydra_runtime.acceptance import greedy_node_ok, longest_accepted_path, typical_node_ok, typical_thresholds
+from hydra_runtime.acceptance import (
+    greedy_node_ok,
+    longest_accepted_rows,
+    parent_rows,
+    typical_node_ok,
+    typical_thresholds,
+)
+from hydra_runtime.copy_drafts import PromptLookup
+from hydra_runtime.decode_loop import nodes_that_fit
 from hydra_runtime.errors import GenerationInputError
 from hydra_runtime.sampling import SamplingConfig, inverse_cdf
 from hydra_runtime.tree import TreeBuffers
@@ -69,23 +78,20 @@ class ReferenceDecoder:
             tokens[plan.child_start : plan.child_stop] = top[torch.tensor(plan.child_parent_slot), torch.tensor(plan.child_rank)]
         return tokens
 
-    def _choose(self, tokens, logits, sampling: SamplingConfig, rng) -> tuple[np.ndarray, int]:
-        """Accepted node indices [m+1] and the base model's token after the last of them."""
-        n = tokens.shape[0]
-        parents = self.tree.parents[:n]
+    def _choose(self, tokens, nodes: np.ndarray, logits, sampling: SamplingConfig, rng) -> tuple[np.ndarray, int]:
+        """tokens [m] verified in rows, nodes [m] the tree node of each row, logits [m, vocab] ->
+        the accepted rows [a+1] (root first) and the base model's token after the last of them."""
+        parents = parent_rows(self.tree, nodes)
         tokens_np = tokens.numpy()
         if sampling.temperature <= 0:
             predictions = logits.argmax(dim=-1).numpy()
-            accepted = longest_accepted_path(self.tree.retrieve_paths, greedy_node_ok(tokens_np, predictions, parents))
-            return accepted, int(predictions[accepted[-1]])
-        probs = torch.softmax(logits.double() / sampling.temperature, dim=-1)  # [n, V]
-        probs_np = probs.numpy()
-        candidate = probs_np[np.maximum(parents, 0), tokens_np]
+            rows = longest_accepted_rows(self.tree, nodes, greedy_node_ok(tokens_np, predictions, parents))
+            return rows, int(predictions[rows[-1]])
+        probs_np = torch.softmax(logits.double() / sampling.temperature, dim=-1).numpy()  # [m, vocab]
+        candidate = probs_np[parents, tokens_np]
         thresholds = typical_thresholds(probs_np, sampling.posterior_threshold, sampling.posterior_alpha)
-        accepted = longest_accepted_path(
-            self.tree.retrieve_paths, typical_node_ok(tokens_np, candidate, thresholds, parents)
-        )
-        return accepted, inverse_cdf(probs_np[accepted[-1]], rng.random())
+        rows = longest_accepted_rows(self.tree, nodes, typical_node_ok(tokens_np, candidate, thresholds, parents))
+        return rows, inverse_cdf(probs_np[rows[-1]], rng.random())
 
     def _first_token(self, logits, sampling: SamplingConfig, rng) -> int:
         if sampling.temperature <= 0:
@@ -119,7 +125,9 @@ class ReferenceDecoder:
         result = ReferenceResult(tokens=[])
         past = prompt_length  # cached positions; the root is emitted but not yet cached
         pending = [root]
+        lookup = PromptLookup(tree.copy_nodes, input_ids)
         while True:
+            lookup.extend(pending)
             for token in pending:
                 result.tokens.append(token)
                 if token in eos_token_ids:
@@ -130,14 +138,17 @@ class ReferenceDecoder:
                     result.stop_reason = "context"  # the sequence fills the context window
                 if result.stop_reason:
                     return result
-            n = min(tree.num_nodes, self.max_seq_len - past)  # the first n nodes form a valid subtree
-            tokens = self.draft(root, context)[:n]
-            positions = torch.from_numpy(past + tree.depths[:n])[None]
-            mask = tree_attention_bias(past, tree.attention_mask[:n, :n], hidden.dtype)
+            room = self.max_seq_len - 1 - past  # the deepest node that fits in the context
+            n = nodes_that_fit(tree.drafted_depths, room)  # the first n nodes form a valid subtree
+            copy = torch.from_numpy(lookup.propose()[:room]) if tree.copy_nodes else torch.zeros(0, dtype=torch.long)
+            tokens = torch.cat([self.draft(root, context)[:n], copy])  # [n + c]
+            nodes = tree.verified_nodes(n, len(copy))
+            positions = torch.from_numpy(past + tree.depths[nodes])[None]
+            mask = tree_attention_bias(past, tree.attention_mask[np.ix_(nodes, nodes)], hidden.dtype)
             hidden = decoder(
                 input_ids=tokens[None], attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
-            ).last_hidden_state[0]  # [n, H]
-            accepted, root = self._choose(tokens, lm_head(hidden), sampling, rng)
+            ).last_hidden_state[0]  # [n + c, H]
+            accepted, root = self._choose(tokens, nodes, lm_head(hidden), sampling, rng)
             accepted_t = torch.from_numpy(accepted)
             keep_accepted(cache, past, accepted_t)
             accepted_positions = torch.arange(past, past + len(accepted))[None]

@@ -9,6 +9,9 @@ import torch
 from torch import nn
 
 from hydra_runtime.engine import (
+    COPY_NODES,
+    COPY_NODES_METADATA,
+    COPY_TOKENS,
     ENGINE_GRAPH,
     HOST_INPUTS,
     HOST_OUTPUTS,
@@ -55,7 +58,7 @@ def build_engine_spec(base: BaseModel, heads: DraftHeads, tree: TreeBuffers, max
                       dtype: torch.dtype) -> GraphSpec:
     """The one engine graph (see EngineGraph) over ``base`` and ``heads`` with ``tree`` baked in."""
     # Rotary tables cover every position a call can touch: unaccepted path rows reach past max_seq_len.
-    decoder = FlatDecoder(base, max_seq_len + tree.max_depth + 1, dtype).eval()
+    decoder = FlatDecoder(base, max_seq_len + tree.path_length, dtype).eval()
     layers = decoder.num_layers + (1 if heads.has_context_layer else 0)
     kv_shape = (1, SAMPLE_PAST, decoder.num_kv_heads, decoder.head_dim)
     vocab = base.config.vocab_size
@@ -66,13 +69,15 @@ def build_engine_spec(base: BaseModel, heads: DraftHeads, tree: TreeBuffers, max
         input_names=(*HOST_INPUTS, *kv_names(past_key_name, layers)),
         output_names=(*HOST_OUTPUTS, *kv_names(present_name, layers)),
         sample_inputs=(torch.randint(0, vocab, (SAMPLE_NEW_TOKENS,)), torch.randint(0, vocab, (tree.num_nodes,)),
-                       *controls, *(torch.randn(kv_shape, dtype=dtype) for _ in range(2 * layers))),
+                       torch.randint(0, vocab, (tree.copy_nodes,)), *controls, *(torch.randn(kv_shape, dtype=dtype) for _ in range(2 * layers))),
         dynamic_dims={INPUT_IDS: {0: NEW_TOKENS}, TREE_TOKENS: {0: TREE_NODES}, NEXT_TREE_TOKENS: {0: TREE_NODES}}
+        | ({COPY_TOKENS: {0: COPY_NODES}} if tree.copy_nodes else {})  # without a chain: a static [0]
         | {name: {1: PAST_SEQUENCE} for name in kv_names(past_key_name, layers)}
         | {name: {1: PRESENT_SEQUENCE} for name in kv_names(present_name, layers)},
         dim_ranges={NEW_TOKENS: (0, max_seq_len), TREE_NODES: (1, tree.num_nodes),
-                    PAST_SEQUENCE: (0, max_seq_len + tree.max_depth + 1)},
-        metadata={TREE_METADATA: json.dumps(tree.choices_as_lists()), MAX_SEQ_LEN_METADATA: str(max_seq_len)},
+                    COPY_NODES: (0, tree.copy_nodes), PAST_SEQUENCE: (0, max_seq_len + tree.path_length)},
+        metadata={TREE_METADATA: json.dumps(tree.choices_as_lists()), COPY_NODES_METADATA: str(tree.copy_nodes),
+                  MAX_SEQ_LEN_METADATA: str(max_seq_len)},
     )
 
 

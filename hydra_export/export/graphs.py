@@ -1,14 +1,15 @@
 """The module traced into the artifact's one engine graph (EngineGraph).
 
-One call per decode step: append causal tokens (the prompt at prefill) and a prefix of the
-static tree, verify the tree, accept the longest agreeing path (greedy, or typical
+One call per decode step: append causal tokens (the prompt at prefill), a prefix of the
+static tree and of its copy chain, verify them, accept the longest agreeing path (greedy, or typical
 acceptance when temperature > 0), gather the accepted K/V rows, run the context layer
 (Hydra++), and draft the next tree. Only token ids, a count and the accepted K/V rows leave
 the engine; no vocab-sized tensor does. Greedy and sampling, drafting or not, are chosen by
-inputs through ``torch.cond`` (ONNX ``If``), so the branch not taken costs nothing.
+inputs (both acceptance tests are computed and one selected: torch.cond does not export here).
 
 Every tree constant (mask, depths, paths, expansion plan) is a buffer, hence a graph
-constant. N = tree nodes, D = tree depth, P = cached positions, kv/d = KV heads/head dim.
+constant. N = drafted tree nodes, C = copy-chain nodes, V = N + C, D = drafted depth,
+W = max(D, C) + 1 (longest path), P = cached positions, kv/d = KV heads/head dim.
 """
 
 from __future__ import annotations
@@ -94,19 +95,24 @@ class EngineGraph(nn.Module):
     """The artifact's one engine: prefill, the tree step and the autoregressive step in one graph.
 
     A call appends ``T >= 0`` causal tokens (``input_ids``: the prompt but its last token at
-    prefill, none in steady state) and the first ``n`` nodes of the static tree
-    (``tree_tokens``, 1 <= n <= N; nodes are stored parents-first, so a prefix is a valid
-    tree) to the cached sequence, verifies the tree, accepts the longest agreeing path, and
-    drafts the first n nodes of the next tree. n = 1 is the autoregressive step (no head
-    runs); a smaller n serves the end of the context. While causal tokens are given (the
-    prefill) only the root is verified: the other n - 1 nodes only size the next draft.
+    prefill, none in steady state), the first ``n`` nodes of the static tree (``tree_tokens``,
+    1 <= n <= N; nodes are stored parents-first, so a prefix is a valid tree) and the first
+    ``c`` nodes of its copy chain (``copy_tokens``, 0 <= c <= C, chosen by the runtime) to the
+    cached sequence, verifies them, accepts the longest agreeing path, and drafts the first n
+    nodes of the next tree. n = 1 is the autoregressive step (no head runs); smaller n and c
+    serve the end of the context. While causal tokens are given (the prefill) only the root is
+    verified: the other n - 1 nodes only size the next draft.
 
-    Inputs: input_ids [T], tree_tokens [n], temperature [] (0: greedy; > 0: typical
-    acceptance and a sampled root), posterior_threshold [], posterior_alpha [],
+    The n + c verified nodes are laid out as rows: tree_tokens, then copy_tokens. ``nodes`` maps
+    each row to its node in the static tree buffers, ``rows_of`` maps back (absent nodes -> row 0).
+
+    Inputs: input_ids [T], tree_tokens [n], copy_tokens [c], temperature [] (0: greedy; > 0:
+    typical acceptance and a sampled root), posterior_threshold [], posterior_alpha [],
     random_uniform [], past K/V [1, P, kv, d] per layer (context layer last).
-    Outputs: next_tree_tokens [n], accepted_nodes [D+1] (valid up to accepted_count),
-    accepted_count [] (>= 1), and per layer K/V [1, T+D+1, kv, d]: the T causal rows, then
-    the rows of accepted_nodes. The runtime keeps T + accepted_count of them.
+    Outputs: next_tree_tokens [n], accepted_nodes [W] (rows of tree_tokens ++ copy_tokens,
+    root first, valid up to accepted_count), accepted_count [] (>= 1), and per layer K/V
+    [1, T+W, kv, d]: the T causal rows, then the rows of accepted_nodes. The runtime keeps
+    T + accepted_count of them. W = max(D, C) + 1, the longest path.
     """
 
     def __init__(self, decoder: FlatDecoder, heads: DraftHeads, tree: TreeBuffers):
@@ -117,53 +123,63 @@ class EngineGraph(nn.Module):
         self.context_layer = ContextLayer(heads, decoder) if heads.has_context_layer else None
         self.num_base_kv = 2 * decoder.num_layers
         self.num_nodes = tree.num_nodes
-        self.path_length = tree.max_depth + 1
+        self.copy_nodes = tree.copy_nodes
+        self.path_length = tree.path_length
         paths = tree.retrieve_paths
-        self.register_buffer("depths", _const(tree.depths))  # [N]
-        self.register_buffer("tree_bias", additive_bias(_const(tree.attention_mask), dtype))  # [N, N]
-        self.register_buffer("parents", _const(np.maximum(tree.parents, 0)))  # [N], root -> itself
-        self.register_buffer("is_root", _const(np.arange(tree.num_nodes) == 0))  # [N]
-        self.register_buffer("paths", _const(np.maximum(paths, 0)))  # [L, D+1], padding -> root
-        self.register_buffer("path_children", _const(np.maximum(paths[:, 1:], 0)))  # [L, D]
-        self.register_buffer("path_present", _const(paths[:, 1:] >= 0))  # [L, D]
-        self.register_buffer("path_offsets", torch.arange(self.path_length))  # [D+1]
+        self.register_buffer("copy_index", torch.arange(tree.num_nodes, tree.num_verified))  # [C] node of each chain row
+        self.register_buffer("depths", _const(tree.depths))  # [V]
+        self.register_buffer("tree_bias", additive_bias(_const(tree.attention_mask), dtype))  # [V, V]
+        self.register_buffer("parents", _const(np.maximum(tree.parents, 0)))  # [V], root -> itself
+        self.register_buffer("paths", _const(np.maximum(paths, 0)))  # [L, W], padding -> root
+        self.register_buffer("path_children", _const(np.maximum(paths[:, 1:], 0)))  # [L, W-1]
+        self.register_buffer("path_present", _const(paths[:, 1:] >= 0))  # [L, W-1]
+        self.register_buffer("path_offsets", torch.arange(self.path_length))  # [W]
 
-    def forward(self, input_ids, tree_tokens, temperature, posterior_threshold, posterior_alpha, random_uniform,
-                *past):
+    def forward(self, input_ids, tree_tokens, copy_tokens, temperature, posterior_threshold, posterior_alpha,
+                random_uniform, *past):
         base_past = list(past[: self.num_base_kv])
         p = base_past[0].shape[1]
         t = input_ids.shape[0]
         n = tree_tokens.shape[0]
-        tokens = torch.cat([input_ids, tree_tokens])  # [T+n]
-        positions = torch.cat([p + torch.arange(t), p + t + self.depths[:n]])  # [T+n]
-        hidden, present = self.decoder(tokens, positions, base_past, self._bias(p, t, n))  # [T+n, H]
-        logits = self.decoder.lm_head(hidden[t:])  # [n, V]: the tree's rows only
+        c = copy_tokens.shape[0]
+        nodes = torch.cat([torch.arange(n), self.copy_index[:c]])  # [n+c] static node of each row
+        zeros = torch.zeros(self.num_nodes - n, dtype=torch.int64)
+        rows_of = torch.cat([torch.arange(n), zeros, n + torch.arange(c),
+                             torch.zeros(self.copy_nodes - c, dtype=torch.int64)])  # [V] row of each node
+        present_nodes = torch.cat([torch.ones(n, dtype=torch.bool), zeros.bool(), torch.ones(c, dtype=torch.bool),
+                                   torch.zeros(self.copy_nodes - c, dtype=torch.bool)])  # [V]
+        drafts = torch.cat([tree_tokens, copy_tokens])  # [n+c]
+        positions = torch.cat([p + torch.arange(t), p + t + self.depths[nodes]])  # [T+n+c]
+        hidden, present = self.decoder(torch.cat([input_ids, drafts]), positions, base_past,
+                                       self._bias(p, t, nodes))  # [T+n+c, H]
+        logits = self.decoder.lm_head(hidden[t:])  # [n+c, V]: the verified rows only
+        parent_rows = rows_of[self.parents[nodes]]  # [n+c], the root -> itself
         # Both tests are computed and one is selected (no control flow in the graph; the typical
-        # test's softmax over the tree's rows is small beside the forward pass).
+        # test's softmax over the verified rows is small beside the forward pass).
         sampling = temperature > 0
-        greedy_ok = self._greedy_ok(logits, tree_tokens)  # [n]
-        typical_ok = self._typical_ok(logits, tree_tokens, temperature.clamp(min=1e-4), posterior_threshold,
-                                      posterior_alpha)  # [n]
+        greedy_ok = drafts == torch.argmax(logits, dim=-1)[parent_rows]  # [n+c]
+        typical_ok = self._typical_ok(logits, drafts, parent_rows, temperature.clamp(min=1e-4), posterior_threshold,
+                                      posterior_alpha)  # [n+c]
         verifying = torch.ones_like(input_ids).sum() == 0  # False at prefill: only the root counts
         chosen_ok = (sampling & typical_ok) | (~sampling & greedy_ok)  # Where has no bool kernel in ORT
-        node_ok = (chosen_ok & verifying) | self.is_root[:n]
-        node_ok = torch.cat([node_ok, torch.zeros(self.num_nodes - n, dtype=torch.bool)])  # [N]: absent nodes fail
-        child_ok = node_ok[self.path_children] & self.path_present  # [L, D]
+        row_ok = (chosen_ok & verifying) | (torch.arange(n + c) == 0)  # [n+c]
+        node_ok = row_ok[rows_of] & present_nodes  # [V]: absent nodes fail
+        child_ok = node_ok[self.path_children] & self.path_present  # [L, W-1]
         # Longest run of accepted children from the root, in float (no int64 CumSum/ArgMax on GPUs).
-        misses = torch.cumsum((~child_ok).float(), dim=1)  # [L, D]
+        misses = torch.cumsum((~child_ok).float(), dim=1)  # [L, W-1]
         lengths = (misses == 0).float().sum(dim=1)  # [L] accepted drafts per path
         best = torch.argmax(lengths)  # first longest path
         count = lengths[best].to(torch.int64) + 1  # root included
-        # Nodes past the accepted ones -> the root, so every gather stays inside the n given nodes.
-        path = torch.where(self.path_offsets < count, self.paths[best], 0)  # [D+1]
+        # Nodes past the accepted ones -> the root (row 0), so every gather stays inside the given rows.
+        path = rows_of[torch.where(self.path_offsets < count, self.paths[best], 0)]  # [W] rows
         last = path[count - 1]
         last_logits = logits[last]  # [V]
         greedy_root = torch.argmax(last_logits, dim=-1).reshape(1)
         root = torch.where(sampling, sample_token(last_logits, temperature.clamp(min=1e-4), random_uniform),
                            greedy_root)  # [1]
 
-        rows = torch.cat([torch.arange(t), t + path])  # [T+D+1]: causal rows, then the accepted path
-        accepted = [kv[:, rows] for kv in present]  # [1, T+D+1, kv, d] each
+        rows = torch.cat([torch.arange(t), t + path])  # [T+W]: causal rows, then the accepted path
+        accepted = [kv[:, rows] for kv in present]  # [1, T+W, kv, d] each
         context = hidden[t + last]  # [H]
         if self.context_layer is not None:
             # Its output only feeds the drafter, and a one-node call drafts nothing (once n = 1, every
@@ -173,31 +189,25 @@ class EngineGraph(nn.Module):
             out, key, value = self.context_layer(chosen, p + torch.arange(rows_kept), past[-2], past[-1],
                                                  causal_bias(rows_kept, p, hidden.dtype))
             skipped = t + self.path_length - rows_kept
-            out = torch.cat([out, out.new_zeros(skipped, out.shape[1])])  # [T+D+1, H]
+            out = torch.cat([out, out.new_zeros(skipped, out.shape[1])])  # [T+W, H]
             context = out[t + count - 1]
             accepted += [torch.cat([kv, kv.new_zeros(1, skipped, *kv.shape[2:])], dim=1) for kv in (key, value)]
         return (self.drafter(root, context, n), path, count, *accepted)
 
-    def _bias(self, p, t, n) -> torch.Tensor:
-        """[T+n, P+T+n]: causal rows see the past and earlier causal rows; tree rows see the past,
-        every causal row, and their tree ancestors."""
+    def _bias(self, p, t, nodes) -> torch.Tensor:
+        """[T+m, P+T+m] for m = len(nodes) verified rows: causal rows see the past and earlier causal
+        rows; verified rows see the past, every causal row, and their own ancestors."""
         dtype = self.tree_bias.dtype
+        m = nodes.shape[0]
         causal = causal_bias(t, p, dtype)  # [T, P+T]
-        blocked = torch.full((t, n), torch.finfo(dtype).min, dtype=dtype)  # causal rows never see the tree
-        tree = torch.cat([torch.zeros(n, p + t, dtype=dtype), self.tree_bias[:n, :n]], dim=1)  # [n, P+T+n]
+        blocked = torch.full((t, m), torch.finfo(dtype).min, dtype=dtype)  # causal rows never see the tree
+        tree = torch.cat([torch.zeros(m, p + t, dtype=dtype), self.tree_bias[nodes][:, nodes]], dim=1)  # [m, P+T+m]
         return torch.cat([torch.cat([causal, blocked], dim=1), tree], dim=0)
 
-    def _greedy_ok(self, logits, tree_tokens):
-        """A node is accepted when it equals its parent's argmax. logits [n, V] -> [n] bool."""
-        predictions = torch.argmax(logits, dim=-1)  # [n]
-        return tree_tokens == predictions[self.parents[: tree_tokens.shape[0]]]
-
-    def _typical_ok(self, logits, tree_tokens, temperature, posterior_threshold, posterior_alpha):
+    def _typical_ok(self, logits, drafts, parent_rows, temperature, posterior_threshold, posterior_alpha):
         """Typical acceptance (Medusa): p(node | parent) > min(epsilon, alpha * exp(-entropy(parent)))."""
-        n = tree_tokens.shape[0]
-        parents = self.parents[:n]
-        probs = torch.softmax(logits.float() / temperature, dim=-1)  # [n, V]
-        candidate = probs[parents, tree_tokens]  # [n]
-        entropy = -(probs * torch.log(probs + 1e-10)).sum(dim=-1)  # [n]
-        threshold = torch.minimum(posterior_threshold, posterior_alpha * torch.exp(-entropy))  # [n]
-        return candidate > threshold[parents]
+        probs = torch.softmax(logits.float() / temperature, dim=-1)  # [m, V]
+        candidate = probs[parent_rows, drafts]  # [m]
+        entropy = -(probs * torch.log(probs + 1e-10)).sum(dim=-1)  # [m]
+        threshold = torch.minimum(posterior_threshold, posterior_alpha * torch.exp(-entropy))  # [m]
+        return candidate > threshold[parent_rows]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch import nn
 from transformers import DynamicCache
 
 from ..architectures import architecture_for

@@ -29,10 +29,25 @@ def prompt_messages(record: dict) -> list[dict]:
     return [{"role": "user", "content": text}]
 
 
-def encode_prompt(base: BaseModel, record: dict) -> list[int]:
-    encoded = base.tokenizer.apply_chat_template(prompt_messages(record), add_generation_prompt=True,
-                                                 tokenize=True, return_dict=False)
-    return list(encoded)
+def encode_prompt(base: BaseModel, record: dict, max_tokens: int | None = None) -> list[int]:
+    """The record's chat prompt, at most ``max_tokens`` long: a long request loses its beginning,
+    never the template around it (the system turn and the assistant header the answer follows)."""
+    messages = prompt_messages(record)
+    ids = _chat_ids(base, messages)
+    if max_tokens is None or len(ids) <= max_tokens:
+        return ids
+    content = base.tokenizer.encode(messages[0]["content"], add_special_tokens=False)
+    overhead = len(ids) - len(content)
+    if overhead >= max_tokens:
+        return ids[-max_tokens:]  # not even the template fits: keep the header at least
+    kept = base.tokenizer.decode(content[len(content) - (max_tokens - overhead):])
+    ids = _chat_ids(base, [{"role": "user", "content": kept}])
+    return ids[-max_tokens:]  # re-tokenising at the cut may add a token or two
+
+
+def _chat_ids(base: BaseModel, messages: list[dict]) -> list[int]:
+    return list(base.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                   return_dict=False))
 
 
 def build_sequences(base: BaseModel, recipe: TrainRecipe, cache: Path, advance=lambda n: None) -> list[dict]:
@@ -61,11 +76,11 @@ def _sequences_for(base: BaseModel, recipe: TrainRecipe, records: list[dict], re
     with open(out_file, "a") as sink:
         for start in range(0, len(todo), recipe.generation_batch_size):
             batch = todo[start : start + recipe.generation_batch_size]
-            prompts = [encode_prompt(base, records[i])[: recipe.max_seq_len // 2] for i in batch]
+            prompts = [encode_prompt(base, records[i], recipe.max_seq_len // 2) for i in batch]
             if responses == "corpus":
                 outputs = [tokenizer.encode(records[i]["output"], add_special_tokens=False) + [eos] for i in batch]
             else:
-                outputs = _generate(base, prompts, recipe.max_new_tokens, eos)
+                outputs = generate_greedy(base, prompts, recipe.max_new_tokens, eos)
             for index, prompt, response in zip(batch, prompts, outputs):
                 entry = {"index": index, "prompt_ids": prompt, "response_ids": response[: recipe.max_seq_len - len(prompt)]}
                 done[index] = entry
@@ -75,7 +90,7 @@ def _sequences_for(base: BaseModel, recipe: TrainRecipe, records: list[dict], re
     return [done[i] for i in range(len(records))]
 
 
-def _generate(base: BaseModel, prompts: list[list[int]], max_new_tokens: int, eos: int) -> list[list[int]]:
+def generate_greedy(base: BaseModel, prompts: list[list[int]], max_new_tokens: int, eos: int) -> list[list[int]]:
     """Greedy, batched with left padding; each response is cut after its first EOS."""
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), eos, dtype=torch.long)

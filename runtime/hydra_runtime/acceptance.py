@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .tree import TreeBuffers
+
 
 def longest_accepted_path(retrieve_paths: np.ndarray, node_ok: np.ndarray) -> np.ndarray:
     """The longest root-to-leaf prefix whose every node was accepted.
@@ -20,6 +22,24 @@ def longest_accepted_path(retrieve_paths: np.ndarray, node_ok: np.ndarray) -> np
     lengths = np.cumprod(ok, axis=1).sum(axis=1)  # [P] accepted drafts along each path
     best = int(np.argmax(lengths))  # first longest path
     return retrieve_paths[best, : lengths[best] + 1].copy()
+
+
+def parent_rows(tree: TreeBuffers, nodes: np.ndarray) -> np.ndarray:
+    """nodes [m]: the tree node verified in each row (drafted prefix, then chain prefix) -> the row
+    of each row's parent [m] (the root's is itself). A verified node's parent is always verified."""
+    rows_of = np.zeros(tree.num_verified, dtype=np.int64)
+    rows_of[nodes] = np.arange(len(nodes))
+    return rows_of[np.maximum(tree.parents[nodes], 0)]
+
+
+def longest_accepted_rows(tree: TreeBuffers, nodes: np.ndarray, row_ok: np.ndarray) -> np.ndarray:
+    """The rows of the longest accepted path [a+1], root first. nodes [m]: the tree node of each
+    row; row_ok [m]: row accepted given its parent. Nodes not verified count as rejected."""
+    node_ok = np.zeros(tree.num_verified, dtype=bool)
+    node_ok[nodes] = row_ok
+    rows_of = np.zeros(tree.num_verified, dtype=np.int64)
+    rows_of[nodes] = np.arange(len(nodes))
+    return rows_of[longest_accepted_path(tree.retrieve_paths, node_ok)]
 
 
 def greedy_node_ok(tokens: np.ndarray, predictions: np.ndarray, parents: np.ndarray) -> np.ndarray:

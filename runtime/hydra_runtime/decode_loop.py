@@ -1,8 +1,8 @@
 """The draft-verify-accept loop over a backend's engine (and the autoregressive baseline).
 
-Per step the engine verifies the current tree, accepts, and drafts the next tree; its
-K/V rows land in the backend's resident cache, and the host only keeps the accepted count
-of them and emits tokens.
+Per step the engine verifies the current tree and copy chain, accepts, and drafts the next
+tree; its K/V rows land in the backend's resident cache, and the host only keeps the accepted
+count of them, emits tokens, and looks up the next copy chain in the token history.
 """
 
 from __future__ import annotations
@@ -14,10 +14,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .backends.decode_backend import DecodeBackend
-from .engine import ACCEPTED_COUNT, ACCEPTED_NODES, INPUT_IDS, NEXT_TREE_TOKENS, TREE_TOKENS
+from .copy_drafts import PromptLookup
+from .engine import ACCEPTED_COUNT, ACCEPTED_NODES, COPY_TOKENS, INPUT_IDS, NEXT_TREE_TOKENS, TREE_TOKENS
 from .sampling import SamplingConfig
+from .tree import TreeBuffers
 
-GREEDY_CONTROLS = SamplingConfig().engine_feeds(0.0)  # prompt chunks: nothing is sampled
+NO_COPY = np.zeros(0, dtype=np.int64)
+PROMPT_CHUNK_FEEDS = {COPY_TOKENS: NO_COPY, **SamplingConfig().engine_feeds(0.0)}  # nothing verified or sampled
 
 
 @dataclass
@@ -78,7 +81,7 @@ def decode(
     backend: DecodeBackend,
     prompt_ids: list[int],
     stop: StopRule,
-    tree_depths: np.ndarray,
+    tree: TreeBuffers,
     speculative: bool = True,
     on_tokens: Callable[[list[int]], None] = lambda tokens: None,
     controls: Callable[[], dict[str, np.ndarray]] = dict,
@@ -87,15 +90,19 @@ def decode(
 
     The first call is the prefill: the prompt but its last token as causal tokens, the last
     token as the root of an N-node tree whose other nodes only size the first draft. Every
-    later call sends the tree the previous one drafted, cut to the nodes whose positions fit
-    in the context. ``speculative=False`` sends one-node trees: autoregressive decoding on the
-    same engine, with no head run. ``controls()`` gives the sampling inputs of each call.
-    tree_depths [N]: depth of each node of the artifact's tree.
+    later call sends the tree the previous one drafted and the copy chain prompt lookup finds
+    in the history, both cut to the nodes whose positions fit in the context.
+    ``speculative=False`` sends one-node trees and no chain: autoregressive decoding on the same
+    engine, with no head run. ``controls()`` gives the sampling inputs of each call.
+    ``tree``: the artifact's tree (the engine's).
     """
     stats = DecodeStats(prompt_tokens=len(prompt_ids))
     backend.reset()
     causal = np.asarray(prompt_ids[:-1], dtype=np.int64)  # [T]
-    tree = np.full(len(tree_depths) if speculative else 1, prompt_ids[-1], dtype=np.int64)  # [n]
+    depths = tree.drafted_depths  # [N]
+    drafts = np.full(tree.num_nodes if speculative else 1, prompt_ids[-1], dtype=np.int64)  # [n]
+    copy = NO_COPY  # [c]: nothing to verify at prefill
+    lookup = PromptLookup(tree.copy_nodes, prompt_ids) if speculative and tree.copy_nodes else None
     generated: list[int] = []
 
     def emit(tokens: Iterable[int]) -> bool:
@@ -107,33 +114,38 @@ def decode(
             stats.stop_reason = stop.reason(token, len(generated))
             if stats.stop_reason:
                 break
+        if lookup is not None:
+            lookup.extend(fresh)
         on_tokens(fresh)
         return bool(stats.stop_reason)
 
     start = time.perf_counter()
     limit = backend.max_causal_tokens
     while limit is not None and len(causal) > limit:  # a long prompt, in chunks: each a one-node tree
-        backend.run({INPUT_IDS: causal[:limit], TREE_TOKENS: causal[limit : limit + 1], **GREEDY_CONTROLS})
+        backend.run({INPUT_IDS: causal[:limit], TREE_TOKENS: causal[limit : limit + 1], **PROMPT_CHUNK_FEEDS})
         backend.commit(limit + 1)
         causal = causal[limit + 1 :]
     prefill = True
     while True:
         room = stop.max_seq_len - 1 - backend.length - len(causal)  # deepest node offset that fits
-        tree = tree[: nodes_that_fit(tree_depths[: len(tree)], room)]
-        out = backend.run({INPUT_IDS: causal, TREE_TOKENS: tree, **controls()})
+        drafts = drafts[: nodes_that_fit(depths[: len(drafts)], room)]
+        copy = copy[: max(room, 0)]  # chain node k sits k + 1 deep
+        out = backend.run({INPUT_IDS: causal, TREE_TOKENS: drafts, COPY_TOKENS: copy, **controls()})
         count = int(out[ACCEPTED_COUNT])
         backend.commit(len(causal) + count)
-        emitted = [*tree[out[ACCEPTED_NODES][1:count]], out[NEXT_TREE_TOKENS][0]]
+        verified = np.concatenate([drafts, copy])  # the engine's rows
+        emitted = [*verified[out[ACCEPTED_NODES][1:count]], out[NEXT_TREE_TOKENS][0]]
         if prefill:
             stats.prefill_seconds = time.perf_counter() - start
             start, prefill = time.perf_counter(), False
         else:
             stats.steps += 1
-            if len(tree) > 1:
+            if len(verified) > 1:
                 stats.accepted_lengths.append(len(emitted))
-        causal, tree = causal[:0], out[NEXT_TREE_TOKENS]
+        causal, drafts = causal[:0], out[NEXT_TREE_TOKENS]
         if emit(emitted):
             break
+        copy = lookup.propose() if lookup is not None else NO_COPY
     stats.decode_seconds = time.perf_counter() - start
     stats.new_tokens = len(generated)
     return generated, stats

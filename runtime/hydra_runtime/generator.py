@@ -53,7 +53,7 @@ class Generator:
         """``backend``: auto | cpu | cuda (ONNX Runtime) | tensorrt; auto picks the fastest this machine has."""
         artifact_dir = Path(artifact_dir)
         manifest = Manifest.read(artifact_dir, verify_checksums=verify_checksums)
-        tree = TreeBuffers.from_choices(manifest.tree_choices)  # a malformed tree is refused before any engine loads
+        tree = manifest.tree_buffers()  # a malformed tree is refused before any engine loads
         tokenizer = ChatTokenizer.from_dir(artifact_dir)
         return cls(manifest, tokenizer, open_backend(artifact_dir, manifest, backend, threads), tree)
 
@@ -98,7 +98,7 @@ class Generator:
         greedy_feeds = sampling.engine_feeds(0.0)  # built once: the same for every greedy call
         controls = (lambda: greedy_feeds) if sampling.greedy else (lambda: sampling.engine_feeds(rng.random()))
         with self._lock:
-            return decode(self.backend, list(prompt_ids), stop, self.tree.depths, mode == "hydra", on_tokens, controls)
+            return decode(self.backend, list(prompt_ids), stop, self.tree, mode == "hydra", on_tokens, controls)
 
     def generate(self, prompt_or_messages, max_new_tokens: int = 256, mode: str = "hydra",
                  temperature: float = 0.0, seed: int = 0) -> GenerationOutput:

@@ -16,8 +16,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
 from .errors import ArtifactError
+from .tree import TreeBuffers
 
-FORMAT_VERSION = 2  # 2: one engine graph (format 1 had prefill/step/decode graphs)
+FORMAT_VERSION = 3  # 3: the engine takes copy_tokens; 2: one engine graph; 1: prefill/step/decode graphs
 MANIFEST_FILE = "manifest.json"
 
 
@@ -62,8 +63,9 @@ class KvCache:
 class TreeInfo:
     name: str
     choices: tuple[tuple[int, ...], ...]
-    num_nodes: int
-    depth: int
+    num_nodes: int  # drafted nodes, root included
+    depth: int  # drafted depth
+    copy_nodes: int = 0  # the copy chain under the root
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,10 @@ class Manifest:
     def tree_choices(self) -> list[list[int]]:
         return [list(path) for path in self.tree.choices]
 
+    def tree_buffers(self) -> TreeBuffers:
+        """The tree baked into the engine, validated (a malformed one is refused with InvalidTreeError)."""
+        return TreeBuffers.from_choices(self.tree_choices, copy_nodes=self.tree.copy_nodes)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -134,7 +140,8 @@ class Manifest:
                 tree=TreeInfo(name=str(data["tree"]["name"]),
                               choices=tuple(tuple(path) for path in data["tree"]["choices"]),
                               num_nodes=_positive(data["tree"]["num_nodes"], "tree.num_nodes"),
-                              depth=int(data["tree"]["depth"])),
+                              depth=int(data["tree"]["depth"]),
+                              copy_nodes=int(data["tree"]["copy_nodes"])),
                 kv_cache=KvCache(**data["kv_cache"]),
                 eos_token_ids=tuple(int(token) for token in data["eos_token_ids"]),
                 engine=_graph_entry(data["engine"]),

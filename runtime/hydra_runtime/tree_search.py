@@ -6,6 +6,9 @@ The chance a node is accepted is the product of rank_probs along its path, and t
 expected tokens per step is 1 + the sum of those chances over the nodes. Since a child
 is never likelier than its parent, adding the likeliest frontier node each time gives
 the best tree of every size (the construction Medusa uses for its sparse trees).
+
+With a copy chain in the budget, nodes compete with the chain, whose acceptance overlaps the
+heads' (both may propose the same token), so splits are scored by the decode simulator.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import heapq
 
 import numpy as np
 
+from .decode_simulator import DecodeTrace, simulate
+from .tree import TreeBuffers
 from .tree_presets import Choices
 
 
@@ -41,3 +46,30 @@ def expected_tokens_per_step(choices: Choices, rank_probs: np.ndarray) -> float:
     for path in choices:
         total += float(np.prod([rank_probs[depth, rank] for depth, rank in enumerate(path)]))
     return total
+
+
+def rank_probs_from_traces(traces: list[DecodeTrace], max_rank: int) -> np.ndarray:
+    """[K, max_rank]: how often head k's rank-r candidate is the true token, over every traced step."""
+    ranks = np.concatenate([trace.ranks for trace in traces])  # [steps, K]
+    return np.stack([np.bincount(ranks[:, k][ranks[:, k] >= 0], minlength=max_rank)[:max_rank]
+                     for k in range(ranks.shape[1])]) / max(len(ranks), 1)
+
+
+def search_trees(traces: list[DecodeTrace], budgets: list[int], copy_lengths: list[int],
+                 max_rank: int) -> list[dict]:
+    """For each budget of verified nodes (root included), the drafted tree and copy chain that
+    split it with the longest simulated accepted length: head trees grown from the traces'
+    rank statistics (grow_tree), every split scored by replaying the traces (simulate)."""
+    rank_probs = rank_probs_from_traces(traces, max_rank)
+    results = []
+    for budget in budgets:
+        candidates = []
+        for copy in sorted({c for c in copy_lengths if c < budget}):
+            choices, _ = grow_tree(rank_probs, budget - copy)
+            run = simulate(TreeBuffers.from_choices(choices, copy_nodes=copy), traces)
+            candidates.append({"copy_nodes": copy, "choices": [list(c) for c in choices],
+                               "simulated_accepted_length": round(run.mean_accepted_length, 4),
+                               "copy_wins": run.copy_wins, "steps": len(run.accepted_lengths)})
+        best = max(candidates, key=lambda c: c["simulated_accepted_length"])
+        results.append({"nodes": budget, "best": best, "candidates": candidates})
+    return results

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine import ACCEPTED_NODES, MAX_SEQ_LEN_METADATA, PAST_PREFIX, TREE_METADATA
+from ..engine import ACCEPTED_NODES, COPY_NODES_METADATA, MAX_SEQ_LEN_METADATA, PAST_PREFIX, TREE_METADATA
 from ..errors import ArtifactError
 from ..manifest import Manifest, TensorSpec
 from .decode_backend import HOST_DTYPES, KV_ONNX_DTYPES, BindingPlan, check_signature, kv_part, resolve_shape
@@ -123,11 +123,14 @@ def check_engine_metadata(session, manifest: Manifest) -> None:
     metadata = session.get_modelmeta().custom_metadata_map
     try:
         tree = [list(path) for path in json.loads(metadata[TREE_METADATA])]
+        copy_nodes = int(metadata[COPY_NODES_METADATA])
         max_seq_len = int(metadata[MAX_SEQ_LEN_METADATA])
     except (KeyError, ValueError, TypeError):
         raise ArtifactError(f"{manifest.engine.file} lacks the tree and context length hydra-export records in "
                             "every engine; rebuild the artifact") from None
-    if tree != manifest.tree_choices or max_seq_len != manifest.max_seq_len:
-        raise ArtifactError(f"manifest.json's tree or max_seq_len ({len(manifest.tree_choices) + 1} nodes, "
-                            f"{manifest.max_seq_len}) is not the one baked into {manifest.engine.file} "
-                            f"({len(tree) + 1} nodes, {max_seq_len}); the artifact was edited: rebuild it")
+    baked = (tree, copy_nodes, max_seq_len)
+    if baked != (manifest.tree_choices, manifest.tree.copy_nodes, manifest.max_seq_len):
+        raise ArtifactError(f"manifest.json's tree, copy chain or max_seq_len ({len(manifest.tree_choices) + 1} "
+                            f"nodes, {manifest.tree.copy_nodes}, {manifest.max_seq_len}) is not the one baked into "
+                            f"{manifest.engine.file} ({len(tree) + 1} nodes, {copy_nodes}, {max_seq_len}); "
+                            "the artifact was edited: rebuild it")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine import ACCEPTED_NODES, NEW_TOKENS, PAST_PREFIX, TREE_NODES
+from ..engine import ACCEPTED_NODES, COPY_NODES, COPY_TOKENS, NEW_TOKENS, PAST_PREFIX, TREE_NODES, TREE_TOKENS
 from ..errors import ArtifactError, HydraExportError
 from ..manifest import Manifest, TensorSpec
 from .cuda_runtime import CudaError, CudaRuntime
@@ -80,8 +80,9 @@ class TensorRTBackend:
         self._plan = BindingPlan.of(manifest.engine, lambda name: self._cache[kv_part(name)])
         staging_rows = MAX_CAUSAL_TOKENS + path_length
         self._staging = {name: self._malloc(staging_rows * self.row_bytes) for name, _ in self._plan.present}
-        largest = {NEW_TOKENS: MAX_CAUSAL_TOKENS, TREE_NODES: manifest.tree.num_nodes}
-        self._host_buffers = {spec.name: self._malloc(prod(resolve_shape(spec.shape, largest, "the plan"))
+        largest = {NEW_TOKENS: MAX_CAUSAL_TOKENS, TREE_NODES: manifest.tree.num_nodes,
+                   COPY_NODES: manifest.tree.copy_nodes}
+        self._host_buffers = {spec.name: self._malloc(max(1, prod(resolve_shape(spec.shape, largest, "the plan")))
                                                       * np.dtype(HOST_DTYPES[spec.dtype]).itemsize)
                               for spec in self._plan.host_inputs + self._plan.host_outputs}
         self.context = self.engine.create_execution_context()
@@ -96,14 +97,18 @@ class TensorRTBackend:
         return pointer
 
     def _check_profile(self, manifest: Manifest) -> None:
-        """The plan's profile must cover the manifest's tree and context (it sized the graph's shapes)."""
-        tree_max = self.engine.get_tensor_profile_shape("tree_tokens", 0)[2][0]
+        """The plan's profile must cover the manifest's tree, chain and context (it sized the graph's shapes)."""
+        tree_max = self.engine.get_tensor_profile_shape(TREE_TOKENS, 0)[2][0]
+        copy_max = (self.engine.get_tensor_profile_shape(COPY_TOKENS, 0)[2][0] if manifest.tree.copy_nodes
+                    else 0)  # without a chain, copy_tokens is a static [0] (checked with the signature)
         past_name = next(spec.name for spec in manifest.engine.inputs if spec.name.startswith(PAST_PREFIX))
         past_max = self.engine.get_tensor_profile_shape(past_name, 0)[2][1]
-        if tree_max != manifest.tree.num_nodes or past_max < manifest.max_seq_len - 1:
-            raise ArtifactError(f"the TensorRT plan serves trees of {tree_max} nodes and {past_max + 1} positions, "
-                                f"but manifest.json says {manifest.tree.num_nodes} and {manifest.max_seq_len}; "
-                                "the artifact was edited: rebuild it")
+        if (tree_max, copy_max) != (manifest.tree.num_nodes, manifest.tree.copy_nodes) or \
+                past_max < manifest.max_seq_len - 1:
+            raise ArtifactError(f"the TensorRT plan serves trees of {tree_max} nodes, copy chains of {copy_max} and "
+                                f"{past_max + 1} positions, but manifest.json says {manifest.tree.num_nodes}, "
+                                f"{manifest.tree.copy_nodes} and {manifest.max_seq_len}; the artifact was edited: "
+                                "rebuild it")
 
     def reset(self) -> None:
         self.length = 0

@@ -1,0 +1,62 @@
+"""The decode simulator replays what the reference decoder does, step for step, from one
+teacher-forced pass (tiny random models: they repeat themselves, so the copy chain matters)."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import random_heads
+from test_reference_decoder import autoregressive, random_prompts
+
+from hydra_export.decoding.reference_decoder import ReferenceDecoder
+from hydra_export.training.decode_traces import MAX_RANK, decode_traces
+from hydra_runtime import TreeBuffers
+from hydra_runtime.decode_simulator import DecodeTrace, simulate
+from hydra_runtime.tree_search import rank_probs_from_traces, search_trees
+
+
+@pytest.mark.parametrize("kind", ["medusa", "hydra", "hydra++"])
+@pytest.mark.parametrize("tree_name, copy_nodes", [("tree16", 0), ("tree8", 6), ("mc_sim_7b_63", 4)])
+def test_simulated_steps_are_the_reference_decoders(base, kind, tree_name, copy_nodes):
+    torch.manual_seed(0)
+    heads = random_heads(base, kind)
+    tree = TreeBuffers.from_name(tree_name, copy_nodes=copy_nodes)
+    prompts = random_prompts(3, seed=9)
+    answers = [autoregressive(base, prompt, 48) for prompt in prompts]
+    traces = decode_traces(base, heads, prompts, answers)
+    decoder = ReferenceDecoder(base, heads, tree)
+    simulated = iter(simulate(tree, [trace]).accepted_lengths for trace in traces)
+    for prompt, answer in zip(prompts, answers):
+        real = decoder.generate(prompt, len(answer))
+        assert real.tokens == answer
+        replayed = next(simulated)
+        # The last real step may accept past the answer's end (then cut); every other step is the same.
+        assert list(replayed[:-1]) == real.accepted_lengths[: len(replayed) - 1]
+        assert sum(replayed) == len(answer) - 1  # the prefill's token, then every step's
+
+
+def test_a_copy_only_trace_by_hand():
+    # Prompt 1 2 3 1 2; answer 3 1 2 3 1 2 3: prompt lookup predicts it all, heads never.
+    trace = DecodeTrace(np.array([1, 2, 3, 1, 2]), np.array([3, 1, 2, 3, 1, 2, 3]), np.full((7, 2), -1, np.int16))
+    run = simulate(TreeBuffers.from_choices([[0], [0, 0]], copy_nodes=4), [trace])
+    assert run.accepted_lengths == (5, 1) and run.copy_wins == 1  # 4 copied + the root's successor; then the end
+    heads_only = simulate(TreeBuffers.from_choices([[0], [0, 0]]), [trace])
+    assert heads_only.accepted_lengths == (1,) * 6
+
+
+def test_drafted_depth_follows_the_trees_choices():
+    ranks = np.array([[0, 1], [1, 0], [0, 0], [-1, -1], [-1, -1], [-1, -1]], dtype=np.int16)
+    trace = DecodeTrace(np.array([9]), np.array([10, 11, 12, 13, 14, 15]), ranks)
+    # Step at t=0: ranks (0, 1): [0] yes, [0, 1] yes -> 3 tokens; then t=3: misses -> 1 token each.
+    assert simulate(TreeBuffers.from_choices([[0], [0, 1]]), [trace]).accepted_lengths == (3, 1, 1)
+    # [0, 1] is not in this tree: 2 tokens; at t=2 ranks (0, 0) -> 3 tokens, the answer's end.
+    assert simulate(TreeBuffers.from_choices([[0], [0, 0]]), [trace]).accepted_lengths == (2, 3)
+
+
+def test_search_splits_each_budget_between_heads_and_chain():
+    trace = DecodeTrace(np.array([1, 2, 3, 1, 2]), np.array([3, 1, 2, 3, 1, 2, 3]), np.zeros((7, 2), np.int16))
+    assert rank_probs_from_traces([trace], 4)[:, 0].tolist() == [1.0, 1.0]
+    [result] = search_trees([trace], budgets=[6], copy_lengths=[0, 4], max_rank=MAX_RANK)
+    assert [c["copy_nodes"] for c in result["candidates"]] == [0, 4]
+    assert result["best"]["simulated_accepted_length"] == max(c["simulated_accepted_length"]
+                                                             for c in result["candidates"])
