@@ -8,7 +8,7 @@ from conftest import DATA, invoke
 
 
 
-def test_build_then_inspect_generate_verify_bench(tmp_path, model_dirs, artifacts):
+def test_build_then_inspect_generate_verify_bench(tmp_path, model_dirs, artifacts, monkeypatch):
     heads_dir = artifacts("llama", "hydra").parent / "heads"
     out = tmp_path / "art"
     result = invoke("build", "-m", model_dirs["llama"], "--heads", heads_dir, "--tree", "tree8",
@@ -46,6 +46,13 @@ def test_build_then_inspect_generate_verify_bench(tmp_path, model_dirs, artifact
     result = invoke("bench", out, "--prompts", prompts, "--modes", "fast")
     assert result.exit_code == 1 and "--modes must be" in result.output
 
+    monkeypatch.setenv("HYDRA_EXPORT_CACHE", str(tmp_path / "cache"))  # the greedy answers are cached there
+    result = invoke("simulate", out, "--prompts", prompts, "--limit", 2, "--max-new-tokens", 12)
+    assert result.exit_code == 0, result.output
+    simulated = json.loads(result.stdout)
+    assert simulated["steps"] >= 2 and 1.0 <= simulated["simulated_accepted_length"] <= 1 + 4  # a 3-deep tree, 4 copies
+    assert list((tmp_path / "cache" / "answers").glob("answers-*.jsonl"))
+
     result = invoke("build", "-m", model_dirs["llama"], "--heads", heads_dir, "-o", out)
     assert result.exit_code == 1 and "already exists; pass --force" in result.output
 
@@ -54,6 +61,7 @@ def test_build_then_inspect_generate_verify_bench(tmp_path, model_dirs, artifact
     "args, message",
     [
         (["--tree", "tree1000"], "unknown tree preset 'tree1000'"),
+        (["--copy-nodes", "1"], "copy_nodes must be 0 (no copy chain) or 2..32"),
         (["--dtype", "fp8"], "'fp8' is not one of 'fp32', 'fp16', 'bf16'"),
         (["--max-seq-len", "100000"], "--max-seq-len 100000 is outside"),
         (["--heads", "/nonexistent/heads"], "does not exist; train heads"),
