@@ -102,8 +102,9 @@ def verify_artifact(
             tree_tokens = expected[NEXT_TREE_TOKENS]
             for step, tokens in (("tree step", tree_tokens), ("tree step, 3 nodes", tree_tokens[:3]),
                                  ("autoregressive step", tree_tokens[:1])):
-                # A copy chain taken from the prompt: some of it may even be accepted.
+                # A copy chain taken from the prompt (some of it may even be accepted), none on the AR step.
                 copy = np.asarray(prompt_ids[1 : min(tree.copy_nodes, len(tokens) - 1) + 1], dtype=np.int64)
+                step += f" + {len(copy)} copies" if len(copy) else ""
                 step_feeds = {**host, INPUT_IDS: host[INPUT_IDS][:0], TREE_TOKENS: tokens, COPY_TOKENS: copy} | past
                 report.comparisons += compare_outputs(step, onnx_engine.run(step_feeds),
                                                       torch_engine.run(step_feeds))

@@ -60,7 +60,7 @@ def test_default_model_speculation_is_lossless_on_mt_bench(kind):
 
     base = load_base_model(DEFAULT_MODEL)
     heads = load_heads(shipped_heads_dir(DEFAULT_MODEL, kind), base.config)
-    decoder = ReferenceDecoder(base, heads, TreeBuffers.from_name("tree16"))
+    decoder = ReferenceDecoder(base, heads, TreeBuffers.from_name("tree16", copy_nodes=8))  # chain included
     lines = (DATA / "mt_bench.jsonl").read_text().splitlines()[:3]
     eos = base.tokenizer.eos_token_id
     for line in lines:

@@ -101,17 +101,17 @@ def test_chat_prompt_matches_transformers_template(artifacts, model_dirs):
 def test_seeded_sampling_matches_the_reference_decoder(artifacts, model_dirs, model, kind):
     from hydra_export.decoding.reference_decoder import ReferenceDecoder
     from hydra_export.heads.reference_formats import load_heads
-    from hydra_runtime import TreeBuffers
     from hydra_runtime.sampling import SamplingConfig
 
     artifact = artifacts(model, kind)
     report = verify_artifact(artifact, model=str(model_dirs[model]))
-    assert {"prefill, sampled", "tree step", "autoregressive step"} <= {c.graph for c in report.comparisons}
+    assert {"prefill, sampled", "tree step + 4 copies", "autoregressive step"} <= {c.graph for c in report.comparisons}
     assert report.passed
     generator = Generator.load(artifact)
     base = load_base_model(model_dirs[model])
     heads = load_heads(artifact / "heads", base.config)
-    decoder = ReferenceDecoder(base, heads, TreeBuffers.from_name("tree16"), max_seq_len=256)
+    assert generator.tree.copy_nodes == 4  # the reference decodes with the artifact's tree, chain included
+    decoder = ReferenceDecoder(base, heads, generator.tree, max_seq_len=256)
     sampling = SamplingConfig(temperature=0.9, posterior_threshold=0.2, posterior_alpha=0.4)
     for seed, prompt in enumerate(prompts(3, seed=9)):
         expected = decoder.generate(prompt, 30, eos_token_ids=(2,), sampling=sampling, seed=seed).tokens

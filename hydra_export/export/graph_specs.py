@@ -69,7 +69,8 @@ def build_engine_spec(base: BaseModel, heads: DraftHeads, tree: TreeBuffers, max
         input_names=(*HOST_INPUTS, *kv_names(past_key_name, layers)),
         output_names=(*HOST_OUTPUTS, *kv_names(present_name, layers)),
         sample_inputs=(torch.randint(0, vocab, (SAMPLE_NEW_TOKENS,)), torch.randint(0, vocab, (tree.num_nodes,)),
-                       torch.randint(0, vocab, (tree.copy_nodes,)), *controls, *(torch.randn(kv_shape, dtype=dtype) for _ in range(2 * layers))),
+                       torch.randint(0, vocab, (tree.copy_nodes,)), *controls,
+                       *(torch.randn(kv_shape, dtype=dtype) for _ in range(2 * layers))),
         dynamic_dims={INPUT_IDS: {0: NEW_TOKENS}, TREE_TOKENS: {0: TREE_NODES}, NEXT_TREE_TOKENS: {0: TREE_NODES}}
         | ({COPY_TOKENS: {0: COPY_NODES}} if tree.copy_nodes else {})  # without a chain: a static [0]
         | {name: {1: PAST_SEQUENCE} for name in kv_names(past_key_name, layers)}

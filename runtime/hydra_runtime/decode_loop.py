@@ -19,7 +19,8 @@ from .engine import ACCEPTED_COUNT, ACCEPTED_NODES, COPY_TOKENS, INPUT_IDS, NEXT
 from .sampling import SamplingConfig
 from .tree import TreeBuffers
 
-NO_COPY = np.zeros(0, dtype=np.int64)
+NO_COPY = np.zeros(0, dtype=np.int64)  # [0]: no copy chain to verify
+NO_COPY.setflags(write=False)
 PROMPT_CHUNK_FEEDS = {COPY_TOKENS: NO_COPY, **SamplingConfig().engine_feeds(0.0)}  # nothing verified or sampled
 
 
