@@ -268,24 +268,13 @@ def tree_search(
     replaying greedy decoding over the model's own answers (decode simulator); prints JSON."""
     from hydra_runtime.tree import MAX_COPY_NODES
 
-    from .base_model import load_base_model
-    from .heads.reference_formats import load_heads
-    from .training.tree_planning import plan_trees, traces_for_prompts
+    from .training.tree_planning import plan_trees
 
     budgets = integer_list(nodes, "--nodes", 1)
     copy_lengths = integer_list(copy, "--copy", 0)
     if any(length == 1 or length > MAX_COPY_NODES for length in copy_lengths):
         raise HydraExportError(f"--copy lengths must be 0 or 2..{MAX_COPY_NODES}, got {copy!r}")
-    heads_dir = _heads_dir(heads, model)
-    with stage_progress() as progress:
-        task = progress.add_task("load base model", total=None)
-
-        def report(stage: str, done: int, total: int) -> None:
-            progress.update(task, description=stage, completed=done, total=total)
-
-        base = load_base_model(model)
-        draft_heads = load_heads(heads_dir, base.config)
-        traces = traces_for_prompts(base, draft_heads, model, prompts, limit, max_new_tokens, report)
+    draft_heads, traces = _decode_traces(model, _heads_dir(heads, model), prompts, limit, max_new_tokens)
     plan = plan_trees(traces, budgets, copy_lengths, draft_heads.config.num_heads)
     if output:
         for tree in plan["trees"]:
@@ -308,24 +297,30 @@ def simulate(
     from hydra_runtime.decode_simulator import simulate as replay
     from hydra_runtime.manifest import Manifest, inside_artifact
 
+    manifest = Manifest.read(artifact, verify_checksums=False)
+    heads_dir = inside_artifact(artifact, manifest.heads["directory"])
+    _, traces = _decode_traces(manifest.base_model.name, heads_dir, prompts, limit, max_new_tokens)
+    run = replay(manifest.tree_buffers(), traces)
+    stdout.print_json(json.dumps({"artifact": str(artifact), "prompts": str(prompts), "limit": limit,
+                                  "simulated_accepted_length": round(run.mean_accepted_length, 4),
+                                  "steps": len(run.accepted_lengths), "copy_wins": run.copy_wins}))
+
+
+def _decode_traces(model: str, heads_dir: Path, prompts: Path, limit: int, max_new_tokens: int):
+    """(heads, decode traces) of ``model``'s greedy answers to the prompts, under a progress bar."""
     from .base_model import load_base_model
     from .heads.reference_formats import load_heads
     from .training.tree_planning import traces_for_prompts
 
-    manifest = Manifest.read(artifact, verify_checksums=False)
     with stage_progress() as progress:
         task = progress.add_task("load base model", total=None)
 
         def report(stage: str, done: int, total: int) -> None:
             progress.update(task, description=stage, completed=done, total=total)
 
-        base = load_base_model(manifest.base_model.name)
-        heads = load_heads(inside_artifact(artifact, manifest.heads["directory"]), base.config)
-        traces = traces_for_prompts(base, heads, manifest.base_model.name, prompts, limit, max_new_tokens, report)
-    run = replay(manifest.tree_buffers(), traces)
-    stdout.print_json(json.dumps({"artifact": str(artifact), "prompts": str(prompts), "limit": limit,
-                                  "simulated_accepted_length": round(run.mean_accepted_length, 4),
-                                  "steps": len(run.accepted_lengths), "copy_wins": run.copy_wins}))
+        base = load_base_model(model)
+        heads = load_heads(heads_dir, base.config)
+        return heads, traces_for_prompts(base, heads, model, prompts, limit, max_new_tokens, report)
 
 
 def _heads_dir(heads: Path | None, model: str) -> Path:

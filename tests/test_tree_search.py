@@ -2,7 +2,15 @@ import numpy as np
 import pytest
 
 from hydra_runtime import TREE_PRESETS, TreeBuffers
-from hydra_runtime.tree_search import expected_tokens_per_step, grow_tree
+from hydra_runtime.tree_search import grow_tree
+
+
+def expected_tokens_per_step(choices, rank_probs) -> float:
+    """1 + sum over nodes of the product of rank_probs along the node's path (grow_tree's model)."""
+    total = 1.0
+    for path in choices:
+        total += float(np.prod([rank_probs[depth, rank] for depth, rank in enumerate(path)]))
+    return total
 
 
 def test_confident_heads_grow_a_chain():

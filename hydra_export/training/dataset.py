@@ -33,7 +33,7 @@ def encode_prompt(base: BaseModel, record: dict, max_tokens: int | None = None) 
     """The record's chat prompt, at most ``max_tokens`` long: a long request loses its beginning,
     never the template around it (the system turn and the assistant header the answer follows)."""
     messages = prompt_messages(record)
-    ids = _chat_ids(base, messages)
+    ids = chat_prompt_ids(base, messages)
     if max_tokens is None or len(ids) <= max_tokens:
         return ids
     content = base.tokenizer.encode(messages[0]["content"], add_special_tokens=False)
@@ -41,11 +41,12 @@ def encode_prompt(base: BaseModel, record: dict, max_tokens: int | None = None) 
     if overhead >= max_tokens:
         return ids[-max_tokens:]  # not even the template fits: keep the header at least
     kept = base.tokenizer.decode(content[len(content) - (max_tokens - overhead):])
-    ids = _chat_ids(base, [{"role": "user", "content": kept}])
+    ids = chat_prompt_ids(base, [{"role": "user", "content": kept}])
     return ids[-max_tokens:]  # re-tokenising at the cut may add a token or two
 
 
-def _chat_ids(base: BaseModel, messages: list[dict]) -> list[int]:
+def chat_prompt_ids(base: BaseModel, messages: list[dict]) -> list[int]:
+    """``messages`` in the model's chat template, ending with the assistant header the answer follows."""
     return list(base.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                    return_dict=False))
 

@@ -15,28 +15,32 @@ from ..base_model import BaseModel
 from ..benchmark import read_prompts
 from ..default_models import cache_root
 from ..heads import DraftHeads
+from .dataset import chat_prompt_ids
 from .decode_traces import MAX_RANK, answer_cache_file, decode_traces, greedy_answers
 
 
 def traces_for_prompts(base: BaseModel, heads: DraftHeads, model_name: str, prompts: Path, limit: int,
                        max_new_tokens: int, progress: Callable[[str, int, int], None]) -> list[DecodeTrace]:
     """Greedy answers (cached under the hydra-export cache) to the first ``limit`` prompts, ranked by ``heads``."""
-    conversations = read_prompts(prompts, limit)
-    prompt_ids = [list(base.tokenizer.apply_chat_template([{"role": "user", "content": c.turns[0]}],
-                                                          add_generation_prompt=True, tokenize=True,
-                                                          return_dict=False)) for c in conversations]
+    prompt_ids = [chat_prompt_ids(base, [{"role": "user", "content": conversation.turns[0]}])
+                  for conversation in read_prompts(prompts, limit)]
     cache_file = answer_cache_file(cache_root() / "answers", model_name, prompt_ids, max_new_tokens)
-    done = [0]
+    answers = greedy_answers(base, prompt_ids, max_new_tokens, cache_file, _counter("greedy answers", len(prompt_ids),
+                                                                                    progress))
+    return decode_traces(base, heads, prompt_ids, answers, _counter("rank the heads' drafts", len(prompt_ids),
+                                                                     progress))
 
-    def step(stage: str, total: int):
-        def advance(n: int):
-            done[0] += n
-            progress(stage, done[0], total)
-        return advance
 
-    answers = greedy_answers(base, prompt_ids, max_new_tokens, cache_file, step("greedy answers", len(prompt_ids)))
-    done[0] = 0
-    return decode_traces(base, heads, prompt_ids, answers, step("rank the heads' drafts", len(prompt_ids)))
+def _counter(stage: str, total: int, progress: Callable[[str, int, int], None]) -> Callable[[int], None]:
+    """An ``advance(n)`` callback that reports ``stage`` and the running count to ``progress``."""
+    done = 0
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        progress(stage, done, total)
+
+    return advance
 
 
 def plan_trees(traces: list[DecodeTrace], budgets: list[int], copy_lengths: list[int], num_heads: int) -> dict:
@@ -47,6 +51,6 @@ def plan_trees(traces: list[DecodeTrace], budgets: list[int], copy_lengths: list
             continue
         presets[name] = {str(copy): round(simulate(TreeBuffers.from_choices(choices, copy_nodes=copy), traces)
                                           .mean_accepted_length, 4) for copy in sorted({0, *copy_lengths})}
-    steps = sum(len(trace.response_ids) for trace in traces)
-    return {"prompts": len(traces), "answer_tokens": steps,
+    answer_tokens = sum(len(trace.response_ids) for trace in traces)
+    return {"prompts": len(traces), "answer_tokens": answer_tokens,
             "trees": search_trees(traces, budgets, copy_lengths, MAX_RANK), "presets": presets}

@@ -24,12 +24,17 @@ def longest_accepted_path(retrieve_paths: np.ndarray, node_ok: np.ndarray) -> np
     return retrieve_paths[best, : lengths[best] + 1].copy()
 
 
+def _rows_of(tree: TreeBuffers, nodes: np.ndarray) -> np.ndarray:
+    """[V]: the row each verified node sits in (nodes not verified -> 0, never read)."""
+    rows_of = np.zeros(tree.num_verified, dtype=np.int64)
+    rows_of[nodes] = np.arange(len(nodes))
+    return rows_of
+
+
 def parent_rows(tree: TreeBuffers, nodes: np.ndarray) -> np.ndarray:
     """nodes [m]: the tree node verified in each row (drafted prefix, then chain prefix) -> the row
     of each row's parent [m] (the root's is itself). A verified node's parent is always verified."""
-    rows_of = np.zeros(tree.num_verified, dtype=np.int64)
-    rows_of[nodes] = np.arange(len(nodes))
-    return rows_of[np.maximum(tree.parents[nodes], 0)]
+    return _rows_of(tree, nodes)[np.maximum(tree.parents[nodes], 0)]
 
 
 def longest_accepted_rows(tree: TreeBuffers, nodes: np.ndarray, row_ok: np.ndarray) -> np.ndarray:
@@ -37,9 +42,7 @@ def longest_accepted_rows(tree: TreeBuffers, nodes: np.ndarray, row_ok: np.ndarr
     row; row_ok [m]: row accepted given its parent. Nodes not verified count as rejected."""
     node_ok = np.zeros(tree.num_verified, dtype=bool)
     node_ok[nodes] = row_ok
-    rows_of = np.zeros(tree.num_verified, dtype=np.int64)
-    rows_of[nodes] = np.arange(len(nodes))
-    return rows_of[longest_accepted_path(tree.retrieve_paths, node_ok)]
+    return _rows_of(tree, nodes)[longest_accepted_path(tree.retrieve_paths, node_ok)]
 
 
 def greedy_node_ok(tokens: np.ndarray, predictions: np.ndarray, parents: np.ndarray) -> np.ndarray:

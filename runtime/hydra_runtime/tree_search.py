@@ -40,14 +40,6 @@ def grow_tree(rank_probs: np.ndarray, num_nodes: int) -> tuple[Choices, float]:
     return tuple(sorted(chosen, key=lambda p: (len(p), p))), 1.0 + sum(chosen.values())
 
 
-def expected_tokens_per_step(choices: Choices, rank_probs: np.ndarray) -> float:
-    """1 + sum over nodes of the product of rank_probs along the node's path."""
-    total = 1.0
-    for path in choices:
-        total += float(np.prod([rank_probs[depth, rank] for depth, rank in enumerate(path)]))
-    return total
-
-
 def rank_probs_from_traces(traces: list[DecodeTrace], max_rank: int) -> np.ndarray:
     """[K, max_rank]: how often head k's rank-r candidate is the true token, over every traced step."""
     ranks = np.concatenate([trace.ranks for trace in traces])  # [steps, K]
