@@ -1,6 +1,7 @@
 """The trainer on a tiny model: a few steps on a handful of records."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -67,6 +68,40 @@ def test_self_distillation_and_resume(tmp_path, tiny_base):
     assert summary["steps"] == first.train(resume=True)["steps"]
 
 
+def test_self_distilled_sequences_keep_the_hidden_states_generation_computed(tmp_path, tiny_base):
+    import numpy as np
+    import torch
+
+    from hydra_export.training.dataset import HiddenStateCache, build_sequences, read_records
+
+    files = [str(DATA / "alpaca_5000.json"), str(DATA / "sharegpt_train_prompts.jsonl")]
+    mixed = read_records(files, 4)
+    assert "input" in mixed[0] and set(mixed[1]) == {"instruction"}  # one record from each file in turn
+    recipe = recipe_for(tmp_path, "hydra++", data=files, num_examples=7, generation_batch_size=3)
+    sequences = build_sequences(tiny_base, recipe, recipe.cache_path)
+    cache = HiddenStateCache.build(tiny_base, sequences, recipe.cache_path)
+    for i, sequence in enumerate(sequences):
+        ids = sequence["prompt_ids"] + sequence["response_ids"]
+        with torch.no_grad():
+            full = tiny_base.decoder(input_ids=torch.tensor([ids])).last_hidden_state[0].numpy()
+        rows = np.asarray(cache.hidden[cache.offsets[i] : cache.offsets[i + 1]], dtype=np.float32)
+        np.testing.assert_allclose(rows[:-1], full[:-1], atol=2e-2)  # fp16 storage of left-padded batches
+        assert not rows[-1].any()  # the last token is never fed back: no state, no head trains on it
+
+    # An interrupted run left entries for 4 records and half a batch of rows: the rerun drops the
+    # stray rows and generates the rest, rows still in step with the entries.
+    stem = recipe.cache_path / "sequences-self-distill"
+    lines = Path(f"{stem}.jsonl").read_text().splitlines()
+    Path(f"{stem}.jsonl").write_text("\n".join(lines[:4]) + "\n")
+    with open(f"{stem}.hidden.f16", "ab") as stored:
+        stored.write(b"\x01" * 1000)
+    (recipe.cache_path / "hidden_meta.npz").unlink()
+    again = build_sequences(tiny_base, recipe, recipe.cache_path)
+    assert [s["response_ids"] for s in again] == [s["response_ids"] for s in sequences]
+    rebuilt = HiddenStateCache.build(tiny_base, again, recipe.cache_path)
+    np.testing.assert_allclose(np.asarray(rebuilt.hidden, np.float32), np.asarray(cache.hidden, np.float32), atol=1e-2)
+
+
 def test_recipe_errors(tmp_path):
     path = tmp_path / "r.json"
     path.write_text(json.dumps({"kind": "hydra", "output_dir": "x", "lerning_rate": 1}))
@@ -74,6 +109,9 @@ def test_recipe_errors(tmp_path):
         TrainRecipe.from_file(path)
     with pytest.raises(HydraExportError, match="not found"):
         TrainRecipe.from_file(tmp_path / "missing.json")
+    path.write_text(json.dumps({"kind": "hydra", "output_dir": "x", "data": []}))
+    with pytest.raises(HydraExportError, match="'data' must be a file path or a non-empty list"):
+        TrainRecipe.from_file(path)
 
 
 def test_schedule_warms_up_then_decays():

@@ -19,9 +19,19 @@ from ..base_model import BaseModel
 from .recipe import TrainRecipe
 
 
-def read_records(path: Path, count: int) -> list[dict]:
-    records = json.loads(Path(path).read_text())
-    return records[:count]
+def read_records(paths: list[str], count: int) -> list[dict]:
+    """The first ``count`` records of the data files, interleaved (one from each file in turn, so any
+    prefix mixes the sources). A file is an Alpaca JSON array (instruction/input/output) or a prompts
+    jsonl (``{"turns": [first user turn, ...]}``, as MT-Bench and the ShareGPT files are)."""
+    sources = [_records_of(Path(path)) for path in paths]
+    mixed = [source[i] for i in range(max(map(len, sources), default=0)) for source in sources if i < len(source)]
+    return mixed[:count]
+
+
+def _records_of(path: Path) -> list[dict]:
+    if path.suffix != ".jsonl":
+        return json.loads(path.read_text())
+    return [{"instruction": json.loads(line)["turns"][0]} for line in path.read_text().splitlines() if line.strip()]
 
 
 def prompt_messages(record: dict) -> list[dict]:
@@ -54,57 +64,113 @@ def chat_prompt_ids(base: BaseModel, messages: list[dict]) -> list[int]:
 def build_sequences(base: BaseModel, recipe: TrainRecipe, cache: Path, advance=lambda n: None) -> list[dict]:
     """The recipe's sequences: ``num_examples`` records with ``responses``, then
     ``corpus_examples`` more records with their corpus outputs."""
-    records = read_records(Path(recipe.data), recipe.num_examples + recipe.corpus_examples)
+    records = read_records(recipe.data_files, recipe.num_examples + recipe.corpus_examples)
     first = _sequences_for(base, recipe, records[: recipe.num_examples], recipe.responses, cache, advance)
     extra = records[recipe.num_examples :]
     return first + (_sequences_for(base, recipe, extra, "corpus", cache, advance, name="extra-corpus") if extra else [])
 
 
+GENERATION_WINDOW = 8  # batches: prompts are sorted by length within this many batches (less padding)
+
+
 @torch.no_grad()
 def _sequences_for(base: BaseModel, recipe: TrainRecipe, records: list[dict], responses: str, cache: Path,
                    advance, name: str = "") -> list[dict]:
-    """[{"prompt_ids", "response_ids"}] per record, appended to a jsonl file as made (resumable)."""
-    out_file = cache / f"sequences-{name or responses}.jsonl"
+    """[{"prompt_ids", "response_ids"}] per record, appended to a jsonl file as made (resumable).
+
+    Self-distilled entries also name their rows (``hidden_row``) in a fp16 file of the base hidden
+    states generation computed anyway ([rows, H], prompt then response), so they never run the
+    base model again."""
+    cache.mkdir(parents=True, exist_ok=True)
+    stem = f"sequences-{name or responses}"
+    out_file, hidden_file = cache / f"{stem}.jsonl", cache / f"{stem}.hidden.f16"
     done: dict[int, dict] = {}
     if out_file.is_file():
         for line in out_file.read_text().splitlines():
             entry = json.loads(line)
             done[entry["index"]] = entry
+    hidden_rows = max((_stored_rows(entry) for entry in done.values()), default=0)
+    with open(hidden_file, "ab") as stored:
+        stored.truncate(hidden_rows * base.config.hidden_size * 2)  # rows past the last entry: an interrupted batch
     advance(len(done))
     tokenizer = base.tokenizer
     eos = tokenizer.eos_token_id
     todo = [i for i in range(len(records)) if i not in done]
-    with open(out_file, "a") as sink:
-        for start in range(0, len(todo), recipe.generation_batch_size):
-            batch = todo[start : start + recipe.generation_batch_size]
-            prompts = [encode_prompt(base, records[i], recipe.max_seq_len // 2) for i in batch]
-            if responses == "corpus":
-                outputs = [tokenizer.encode(records[i]["output"], add_special_tokens=False) + [eos] for i in batch]
-            else:
-                outputs = generate_greedy(base, prompts, recipe.max_new_tokens, eos)
-            for index, prompt, response in zip(batch, prompts, outputs):
-                entry = {"index": index, "prompt_ids": prompt, "response_ids": response[: recipe.max_seq_len - len(prompt)]}
-                done[index] = entry
-                sink.write(json.dumps(entry) + "\n")
-            sink.flush()
-            advance(len(batch))
-    return [done[i] for i in range(len(records))]
+    batch_size, window = recipe.generation_batch_size, recipe.generation_batch_size * GENERATION_WINDOW
+    with open(out_file, "a") as sink, open(hidden_file, "ab") as stored:
+        for window_start in range(0, len(todo), window):
+            prompts = {i: encode_prompt(base, records[i], recipe.max_seq_len // 2)
+                       for i in todo[window_start : window_start + window]}
+            by_length = sorted(prompts, key=lambda i: len(prompts[i]))
+            for start in range(0, len(by_length), batch_size):
+                batch = by_length[start : start + batch_size]
+                if responses == "corpus":
+                    outputs = [tokenizer.encode(records[i]["output"], add_special_tokens=False) + [eos] for i in batch]
+                    hiddens = [None] * len(batch)
+                else:
+                    outputs, hiddens = generate_greedy(base, [prompts[i] for i in batch], recipe.max_new_tokens, eos,
+                                                       with_hidden=True)
+                for index, response, hidden in zip(batch, outputs, hiddens):
+                    prompt = prompts[index]
+                    entry = {"index": index, "prompt_ids": prompt, "response_ids": response[: recipe.max_seq_len - len(prompt)]}
+                    if hidden is not None:
+                        rows = len(prompt) + len(entry["response_ids"])
+                        stored.write(hidden[:rows].to(torch.float16).numpy().tobytes())
+                        entry["hidden_row"] = hidden_rows
+                        hidden_rows += rows
+                    done[index] = entry
+                stored.flush()
+                for index in batch:  # entries only after their rows are on disk
+                    sink.write(json.dumps(done[index]) + "\n")
+                sink.flush()
+                advance(len(batch))
+    return [_with_hidden_file(done[i], hidden_file) for i in range(len(records))]
 
 
-def generate_greedy(base: BaseModel, prompts: list[list[int]], max_new_tokens: int, eos: int) -> list[list[int]]:
-    """Greedy, batched with left padding; each response is cut after its first EOS."""
+def _stored_rows(entry: dict) -> int:
+    if "hidden_row" not in entry:
+        return 0
+    return entry["hidden_row"] + len(entry["prompt_ids"]) + len(entry["response_ids"])
+
+
+def _with_hidden_file(entry: dict, hidden_file: Path) -> dict:
+    return {**entry, "hidden_file": str(hidden_file)} if "hidden_row" in entry else entry
+
+
+def generate_greedy(base: BaseModel, prompts: list[list[int]], max_new_tokens: int, eos: int,
+                    with_hidden: bool = False):
+    """Greedy, batched with left padding; each response is cut after its first EOS.
+
+    With ``with_hidden``, also each sequence's final-normed base hidden states [len(prompt) +
+    len(response), H] as generation computed them (the last response token, never fed back, gets
+    zeros: no head trains on it)."""
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), eos, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for row, prompt in enumerate(prompts):
         ids[row, width - len(prompt) :] = torch.tensor(prompt)
         mask[row, width - len(prompt) :] = 1
-    out = base.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                              eos_token_id=eos, pad_token_id=eos)[:, width:]
+    calls: list[torch.Tensor] = []  # [B, width, H] at prefill, then [B, 1, H] per generated token fed back
+    hook = base.decoder.norm.register_forward_hook(lambda module, args, output: calls.append(output.detach())) \
+        if with_hidden else None
+    try:
+        out = base.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                  eos_token_id=eos, pad_token_id=eos)[:, width:]
+    finally:
+        if hook is not None:
+            hook.remove()
     responses = []
     for row in out.tolist():
         responses.append(row[: row.index(eos) + 1] if eos in row else row)
-    return responses
+    if not with_hidden:
+        return responses
+    steps = torch.cat(calls[1:], dim=1) if len(calls) > 1 else calls[0][:, :0]  # [B, new - 1, H]
+    hiddens = []
+    for row, (prompt, response) in enumerate(zip(prompts, responses)):
+        fed = steps[row, : len(response) - 1]
+        last = torch.zeros(1, fed.shape[-1], dtype=fed.dtype)
+        hiddens.append(torch.cat([calls[0][row, width - len(prompt) :], fed, last]))
+    return responses, hiddens
 
 
 @dataclass
@@ -139,10 +205,18 @@ class HiddenStateCache:
         tokens = np.zeros(shape[0], dtype=np.int32)
         partial = cache / "hidden.f16.partial"
         hidden = np.memmap(partial, np.float16, "w+", shape=shape)
+        stored: dict[str, np.ndarray] = {}
         for i, sequence in enumerate(sequences):
             ids = sequence["prompt_ids"] + sequence["response_ids"]
-            state = base.decoder(input_ids=torch.tensor([ids])).last_hidden_state[0]
-            hidden[offsets[i] : offsets[i + 1]] = state.to(torch.float16).numpy()
+            if "hidden_file" in sequence:  # rows generation already computed (self-distilled responses)
+                source = stored.get(sequence["hidden_file"])
+                if source is None:
+                    source = stored[sequence["hidden_file"]] = np.memmap(sequence["hidden_file"], np.float16, "r")
+                start = sequence["hidden_row"] * shape[1]
+                hidden[offsets[i] : offsets[i + 1]] = source[start : start + len(ids) * shape[1]].reshape(len(ids), -1)
+            else:
+                state = base.decoder(input_ids=torch.tensor([ids])).last_hidden_state[0]
+                hidden[offsets[i] : offsets[i + 1]] = state.to(torch.float16).numpy()
             tokens[offsets[i] : offsets[i + 1]] = ids
             advance(1)
         hidden.flush()

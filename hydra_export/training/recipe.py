@@ -17,9 +17,9 @@ class TrainRecipe:
     model: str = "smollm2-135m-instruct"
     num_heads: int = 4
     num_layers: int | None = None  # default per kind (Hydra++: 4)
-    # Data: Alpaca-style records; responses from the base model itself (self-distillation)
-    # or the records' own outputs (corpus).
-    data: str = "data/alpaca_5000.json"
+    # Data: one file or a list, interleaved (dataset.read_records): Alpaca-style records or prompts
+    # jsonl; responses from the base model itself (self-distillation) or the records' own outputs (corpus).
+    data: str | list[str] = "data/alpaca_5000.json"
     num_examples: int = 1000
     responses: str = "self-distill"  # "self-distill" | "corpus"
     corpus_examples: int = 0  # extra records after those, trained on their own (corpus) outputs
@@ -75,13 +75,19 @@ class TrainRecipe:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
                 raise HydraExportError(f"recipe key {name!r} must be a number in [{low:g}, {high:g}), got {value!r}")
-        for name in ("kind", "output_dir", "model", "data"):
+        if not self.data_files or not all(isinstance(path, str) and path for path in self.data_files):
+            raise HydraExportError(f"recipe key 'data' must be a file path or a non-empty list of them, got {self.data!r}")
+        for name in ("kind", "output_dir", "model"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise HydraExportError(f"recipe key {name!r} must be a non-empty string")
         if self.responses not in ("self-distill", "corpus"):
             raise HydraExportError(f"responses must be 'self-distill' or 'corpus', got {self.responses!r}")
         if self.loss not in ("distill", "ce"):
             raise HydraExportError(f"loss must be 'distill' or 'ce', got {self.loss!r}")
+
+    @property
+    def data_files(self) -> list[str]:
+        return [self.data] if isinstance(self.data, str) else list(self.data) if isinstance(self.data, list) else []
 
     @property
     def cache_path(self) -> Path:
