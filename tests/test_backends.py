@@ -45,12 +45,59 @@ def test_cuda_backend_without_cuda_says_what_to_install(artifacts):
 
 @no_gpu
 def test_missing_cuda_runtime_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(sys, "path", [])
-    monkeypatch.setattr("ctypes.util.find_library", lambda name: None)
-    monkeypatch.setattr("hydra_runtime.backends.cuda_runtime._candidates", lambda: ["/nonexistent/libcudart.so"])
+    def no_library():
+        raise OSError("libcudart.so: cannot open shared object file")
+
+    monkeypatch.setattr("polygraphy.cuda.wrapper", no_library)
     with pytest.raises(CudaError, match="libcudart.*was not found.*hydra-export\\[gpu\\]"):
         CudaRuntime.load()
     assert gpu_count() == 0
+    monkeypatch.setitem(sys.modules, "polygraphy", None)
+    with pytest.raises(CudaError, match="was not found.*Polygraphy, which loads it, is not installed"):
+        CudaRuntime.load()
+
+
+class FakeCall:
+    """A ctypes function stand-in (it takes a restype)."""
+
+    def __init__(self, result):
+        self.result = result
+
+    def __call__(self, *args):
+        return self.result(*args) if callable(self.result) else self.result
+
+
+def test_cuda_runtime_names_failed_calls_and_copies_by_kind():
+    """The adapter over Polygraphy's CUDA wrapper, with the wrapper faked: no GPU needed."""
+    from types import SimpleNamespace
+
+    from polygraphy.cuda import MemcpyKind
+    from polygraphy.exception import PolygraphyException
+
+    copies = []
+
+    class FakeCuda:
+        handle = SimpleNamespace(cudaGetErrorString=FakeCall(lambda status: b"out of memory"),
+                                 cudaGetLastError=FakeCall(2), cudaGetDeviceCount=FakeCall(100))
+
+        def malloc(self, nbytes):
+            raise PolygraphyException("CUDA Error: 2")
+
+        def memcpy(self, destination, source, nbytes, kind, stream):
+            copies.append((destination, source, nbytes, kind, stream))
+
+    runtime = CudaRuntime(FakeCuda())
+    with pytest.raises(CudaError, match=r"cudaMalloc\(1024 bytes\) failed: out of memory"):
+        runtime.malloc(1024)
+    assert runtime.device_count() == 0  # a failing cudaGetDeviceCount means no usable GPU
+    host = np.arange(4, dtype=np.int32)
+    runtime.to_device(77, host, stream=5)
+    runtime.to_host(host, 88, stream=5)
+    runtime.copy_on_device(1, 2, 0, stream=5)  # nothing to copy: no call
+    runtime.copy_on_device(1, 2, 64, stream=5)
+    assert copies == [(77, host.ctypes.data, 16, MemcpyKind.HostToDevice, 5),
+                      (host.ctypes.data, 88, 16, MemcpyKind.DeviceToHost, 5),
+                      (1, 2, 64, MemcpyKind.DeviceToDevice, 5)]
 
 
 def test_tensorrt_profile_covers_prompts_trees_and_empty_to_full_cache():

@@ -30,12 +30,13 @@ def onnxruntime_has_cuda() -> bool:
 
 def choose_backend(manifest: Manifest) -> str:
     """TensorRT where the artifact has plans and the machine a GPU and TensorRT; else ONNX
-    Runtime's CUDA provider where it and a GPU are present; else ONNX Runtime on CPU."""
-    if not gpu_count():
+    Runtime's CUDA provider where it and a GPU are present; else ONNX Runtime on CPU. The CUDA
+    runtime is only probed where a GPU engine is installed at all."""
+    has_tensorrt = manifest.tensorrt is not None and importlib.util.find_spec("tensorrt") is not None
+    has_ort_cuda = onnxruntime_has_cuda()
+    if not (has_tensorrt or has_ort_cuda) or not gpu_count():
         return "cpu"
-    if manifest.tensorrt is not None and importlib.util.find_spec("tensorrt") is not None:
-        return "tensorrt"
-    return "cuda" if onnxruntime_has_cuda() else "cpu"
+    return "tensorrt" if has_tensorrt else "cuda"
 
 
 def open_backend(artifact_dir: Path, manifest: Manifest, backend: str = "auto",

@@ -1,61 +1,57 @@
-"""The few CUDA runtime calls the TensorRT backend needs, through ctypes (no extra package).
+"""The few CUDA runtime calls the TensorRT backend needs, through Polygraphy's CUDA wrapper.
 
-libcudart comes with the CUDA toolkit, or with the nvidia-cuda-runtime wheels that
-tensorrt and onnxruntime-gpu install; both places are searched.
+Polygraphy (in the ``gpu`` extra, beside TensorRT) finds libcudart in the CUDA toolkit or in the
+nvidia-cuda-runtime wheels and wraps malloc, free, copies and streams; this module adds the two
+calls it lacks (device count and choice) on the same library handle, and turns failures into
+``CudaError`` with CUDA's own message.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import glob
-import os
-import sys
 
 import numpy as np
 
 from ..errors import HydraExportError
-
-HOST_TO_DEVICE, DEVICE_TO_HOST, DEVICE_TO_DEVICE = 1, 2, 3
-_WHEEL_PATTERNS = ("nvidia/cuda_runtime/lib/libcudart.so*", "nvidia/cu*/lib/libcudart.so*")
 
 
 class CudaError(HydraExportError):
     """The CUDA runtime is missing, finds no GPU, or failed a call."""
 
 
-def _candidates() -> list[str]:
-    found = [ctypes.util.find_library("cudart")]
-    for root in sys.path:
-        for pattern in _WHEEL_PATTERNS:
-            found += sorted(glob.glob(os.path.join(root, pattern)), reverse=True)
-    return [path for path in found if path] + ["libcudart.so"]
+NOT_FOUND = ("the CUDA runtime (libcudart) was not found; the GPU backends need an NVIDIA driver and CUDA, "
+             "e.g. `pip install 'hydra-export[gpu]'` on a machine with an NVIDIA GPU")
 
 
 class CudaRuntime:
-    def __init__(self, library: ctypes.CDLL):
-        self.lib = library
+    def __init__(self, cuda):
+        """``cuda``: a ``polygraphy.cuda.Cuda`` wrapper (``polygraphy.cuda.wrapper()``)."""
+        from polygraphy.cuda import MemcpyKind
+
+        self.cuda, self.lib, self.kind = cuda, cuda.handle, MemcpyKind
         self.lib.cudaGetErrorString.restype = ctypes.c_char_p
-        self.lib.cudaMemcpyAsync.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
-                                             ctypes.c_void_p]
-        self.lib.cudaMalloc.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t]
-        self.lib.cudaFree.argtypes = [ctypes.c_void_p]
-        self.lib.cudaStreamSynchronize.argtypes = [ctypes.c_void_p]
 
     @classmethod
     def load(cls) -> CudaRuntime:
-        for path in _candidates():
-            try:
-                return cls(ctypes.CDLL(path))
-            except OSError:
-                continue
-        raise CudaError("the CUDA runtime (libcudart) was not found; the GPU backends need an NVIDIA driver and "
-                        "CUDA, e.g. `pip install 'hydra-export[gpu]'` on a machine with an NVIDIA GPU")
+        try:
+            from polygraphy import cuda
+        except ImportError:
+            raise CudaError(NOT_FOUND + " (Polygraphy, which loads it, is not installed)") from None
+        try:
+            return cls(cuda.wrapper())
+        except (OSError, AttributeError):  # no library, or one without the CUDA runtime's symbols
+            raise CudaError(NOT_FOUND) from None
 
-    def check(self, status: int, call: str) -> None:
-        if status != 0:
-            message = self.lib.cudaGetErrorString(status).decode()
-            raise CudaError(f"{call} failed: {message} (CUDA error {status})")
+    def _call(self, call: str, function, *args):
+        """Polygraphy's wrapper raises a bare "CUDA Error: N"; name the call and CUDA's reason."""
+        from polygraphy.exception import PolygraphyException
+
+        try:
+            return function(*args)
+        except PolygraphyException:
+            status = self.lib.cudaGetLastError()
+            reason = self.lib.cudaGetErrorString(status).decode() if status else "see the CUDA error above"
+            raise CudaError(f"{call} failed: {reason}") from None
 
     def device_count(self) -> int:
         count = ctypes.c_int(0)
@@ -65,38 +61,36 @@ class CudaRuntime:
     def set_device(self, device: int) -> None:
         if device >= self.device_count():
             raise CudaError(f"no CUDA device {device}: this machine has {self.device_count()} visible GPU(s)")
-        self.check(self.lib.cudaSetDevice(device), "cudaSetDevice")
+        status = self.lib.cudaSetDevice(device)
+        if status != 0:
+            raise CudaError(f"cudaSetDevice({device}) failed: {self.lib.cudaGetErrorString(status).decode()}")
 
     def malloc(self, size: int) -> int:
-        pointer = ctypes.c_void_p()
-        self.check(self.lib.cudaMalloc(ctypes.byref(pointer), max(size, 1)), f"cudaMalloc({size} bytes)")
-        return pointer.value
+        return self._call(f"cudaMalloc({size} bytes)", self.cuda.malloc, max(size, 1))
 
     def free(self, pointer: int) -> None:
-        self.check(self.lib.cudaFree(pointer), "cudaFree")
+        self._call("cudaFree", self.cuda.free, pointer)
+
+    def stream(self) -> int:
+        return self._call("cudaStreamCreate", self.cuda.create_stream) or 0
+
+    def destroy_stream(self, stream: int) -> None:
+        self._call("cudaStreamDestroy", self.cuda.destroy_stream, stream)
+
+    def synchronize(self, stream: int) -> None:
+        self._call("cudaStreamSynchronize", self.cuda.stream_synchronize, stream)
 
     def copy_on_device(self, destination: int, source: int, nbytes: int, stream: int) -> None:
         if nbytes:
-            self.check(self.lib.cudaMemcpyAsync(destination, source, nbytes, DEVICE_TO_DEVICE, stream),
-                       "cudaMemcpyAsync (device to device)")
-
-    def destroy_stream(self, stream: int) -> None:
-        self.check(self.lib.cudaStreamDestroy(ctypes.c_void_p(stream)), "cudaStreamDestroy")
-
-    def stream(self) -> int:
-        stream = ctypes.c_void_p()
-        self.check(self.lib.cudaStreamCreate(ctypes.byref(stream)), "cudaStreamCreate")
-        return stream.value or 0
-
-    def synchronize(self, stream: int) -> None:
-        self.check(self.lib.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+            self._call("cudaMemcpyAsync (device to device)", self.cuda.memcpy, destination, source, nbytes,
+                       self.kind.DeviceToDevice, stream)
 
     def to_device(self, pointer: int, array: np.ndarray, stream: int) -> None:
         if array.nbytes:
-            self.check(self.lib.cudaMemcpyAsync(pointer, array.ctypes.data, array.nbytes, HOST_TO_DEVICE, stream),
-                       "cudaMemcpyAsync (host to device)")
+            self._call("cudaMemcpyAsync (host to device)", self.cuda.memcpy, pointer, array.ctypes.data, array.nbytes,
+                       self.kind.HostToDevice, stream)
 
     def to_host(self, array: np.ndarray, pointer: int, stream: int) -> None:
         if array.nbytes:
-            self.check(self.lib.cudaMemcpyAsync(array.ctypes.data, pointer, array.nbytes, DEVICE_TO_HOST, stream),
-                       "cudaMemcpyAsync (device to host)")
+            self._call("cudaMemcpyAsync (device to host)", self.cuda.memcpy, array.ctypes.data, pointer, array.nbytes,
+                       self.kind.DeviceToHost, stream)
