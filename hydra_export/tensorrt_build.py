@@ -17,7 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hydra_runtime.backends.tensorrt_backend import MAX_CAUSAL_TOKENS, import_tensorrt
+from hydra_runtime.backends.decode_backend import STAGED_CAUSAL_TOKENS
+from hydra_runtime.backends.tensorrt_backend import import_tensorrt
 from hydra_runtime.engine import COPY_NODES, NEW_TOKENS, PAST_SEQUENCE, TREE_NODES
 from hydra_runtime.manifest import Manifest, TensorRTPlan, TensorSpec
 
@@ -53,12 +54,12 @@ def profile_shapes(inputs: tuple[TensorSpec, ...], max_seq_len: int, tree_nodes:
                    options: TensorRTOptions) -> dict[str, list[list[int]]]:
     """min / opt / max shape of every input with symbolic dims (from the manifest's engine entry).
 
-    Prompt chunks of 0..MAX_CAUSAL_TOKENS causal tokens, trees of 1..N nodes and copy chains of 0..C
+    Prompt chunks of 0..STAGED_CAUSAL_TOKENS causal tokens, trees of 1..N nodes and copy chains of 0..C
     (tuned for the whole tree and chain, the steady state), caches from empty to full. A tree without
     a chain has a static copy_tokens [0], which needs no profile.
     """
     ranges = {
-        NEW_TOKENS: (0, 0, min(MAX_CAUSAL_TOKENS, max_seq_len - 1)),  # the backend feeds prompts in chunks
+        NEW_TOKENS: (0, 0, min(STAGED_CAUSAL_TOKENS, max_seq_len - 1)),  # the backend feeds prompts in chunks
         TREE_NODES: (1, tree_nodes, tree_nodes),
         COPY_NODES: (0, copy_nodes, copy_nodes),
         PAST_SEQUENCE: (0, min(options.opt_past_len, max_seq_len - 1), max_seq_len - 1),

@@ -34,6 +34,8 @@ from ..manifest import GraphEntry, Manifest, TensorSpec
 # manifest dtype names (ONNX's, lower-cased) of the non-K/V inputs and outputs -> numpy
 HOST_DTYPES = {"float": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32, "bool": np.bool_}
 KV_ONNX_DTYPES = {"float32": "float", "float16": "float16", "bfloat16": "bfloat16"}
+ALIGNMENT = 256  # bytes: GPU backends bind only addresses aligned to this (TensorRT requires it)
+STAGED_CAUSAL_TOKENS = 512  # prompt tokens per call where present.* rows are staged: bounds the staging buffers
 
 
 class DecodeBackend(Protocol):

@@ -5,10 +5,16 @@ allocated through ONNX Runtime (OrtValue). Either way the past_key_values.* inpu
 bound as views of the cache's prefix and the present.* outputs as the rows after it, by
 pointer, so a step moves only its token ids and small integer outputs across to the host.
 One session holds the engine's weights once.
+
+On the GPU every bound address must be 256-byte aligned, and the row after the prefix is not
+always (a SmolLM2 fp16 row is 384 bytes): there the present.* outputs go to aligned staging
+buffers and their rows are copied after the prefix on the device, as the TensorRT backend does
+(prompts are then fed in chunks, so the staging stays small).
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 from pathlib import Path
 
@@ -17,15 +23,23 @@ import numpy as np
 from ..engine import ACCEPTED_NODES, COPY_NODES_METADATA, MAX_SEQ_LEN_METADATA, PAST_PREFIX, TREE_METADATA
 from ..errors import ArtifactError
 from ..manifest import Manifest, TensorSpec
-from .decode_backend import HOST_DTYPES, KV_ONNX_DTYPES, BindingPlan, check_signature, kv_part, resolve_shape
+from .decode_backend import (
+    ALIGNMENT,
+    HOST_DTYPES,
+    KV_ONNX_DTYPES,
+    STAGED_CAUSAL_TOKENS,
+    BindingPlan,
+    check_signature,
+    kv_part,
+    resolve_shape,
+)
 from .onnx_engine import OnnxEngine
 
 KV_DTYPES = {"float": np.float32, "float16": np.float16}
+ALIGNED_DEVICES = ("cuda",)  # devices whose bound addresses must be ALIGNMENT-aligned
 
 
 class OrtBackend:
-    max_causal_tokens = None  # host or ORT-allocated buffers: a whole prompt per call
-
     def __init__(self, artifact_dir: Path, manifest: Manifest, provider: str = "cpu", threads: int | None = None):
         if KV_ONNX_DTYPES.get(manifest.kv_cache.dtype) not in KV_DTYPES:  # before ORT fails on bf16 kernels
             _refuse_kv_dtype(manifest.kv_cache.dtype)
@@ -48,6 +62,16 @@ class OrtBackend:
         self._cache = {(layer, part): self._allocate((1, self.capacity, *self.row_shape))
                        for layer in range(layers) for part in ("key", "value")}
         self._plan = BindingPlan.of(manifest.engine, self._address)
+        self._staging, self._cuda = {}, None
+        self.max_causal_tokens = None  # CPU: a whole prompt per call
+        if self.device in ALIGNED_DEVICES:
+            self.max_causal_tokens = STAGED_CAUSAL_TOKENS
+            staging_rows = STAGED_CAUSAL_TOKENS + self._plan.path_length
+            self._staging = {name: self._allocate((1, staging_rows, *self.row_shape)) for name, _ in self._plan.present}
+            if self.device == "cuda":
+                from .cuda_runtime import CudaRuntime
+
+                self._cuda = CudaRuntime.load()
         self._binding = session.io_binding()
         self.length = 0
 
@@ -57,8 +81,16 @@ class OrtBackend:
         return self.ort.OrtValue.ortvalue_from_shape_and_type(shape, self.kv_dtype, "cuda", 0)
 
     def _address(self, name: str) -> int:
-        buffer = self._cache[kv_part(name)]
+        return self._pointer(self._cache[kv_part(name)])
+
+    def _pointer(self, buffer) -> int:
         return buffer.ctypes.data if self.device == "cpu" else buffer.data_ptr()
+
+    def _copy_rows(self, destination: int, source: int, nbytes: int) -> None:
+        if self._cuda is None:
+            ctypes.memmove(destination, source, nbytes)
+        else:  # ONNX Runtime has synchronised its streams when run returns; this copy is synchronous too
+            self._cuda.copy_on_device(destination, source, nbytes, 0)
 
     def reset(self) -> None:
         self.length = 0
@@ -68,6 +100,7 @@ class OrtBackend:
 
     def close(self) -> None:
         self._cache.clear()
+        self._staging.clear()
         self._binding = self.engine = None
 
     def __enter__(self):
@@ -93,14 +126,22 @@ class OrtBackend:
             binding.bind_cpu_input(spec.name, array)
         present_shape = resolve_shape(plan.present_shape, symbols, "the engine's present.* outputs")
         offset = self.length * self.row_bytes
+        staged = bool(self._staging) and any((address + offset) % ALIGNMENT for _, address in plan.present)
         for name, address in plan.present:
-            binding.bind_output(name, self.device, 0, self.kv_dtype, present_shape, address + offset)
+            target = self._pointer(self._staging[name]) if staged else address + offset
+            binding.bind_output(name, self.device, 0, self.kv_dtype, present_shape, target)
         host_outputs = {}
         for spec in plan.host_outputs:
             shape = resolve_shape(spec.shape, symbols, f"engine output {spec.name}")
             host = host_outputs[spec.name] = np.empty(shape, dtype=HOST_DTYPES[spec.dtype])
             binding.bind_output(spec.name, "cpu", 0, host.dtype, shape, host.ctypes.data)
         self.engine.session.run_with_iobinding(binding)
+        if staged:
+            rows = plan.rows_written(feeds) * self.row_bytes
+            for name, address in plan.present:  # all rows; commit() keeps the accepted ones
+                self._copy_rows(address + offset, self._pointer(self._staging[name]), rows)
+            if self._cuda is not None:
+                self._cuda.synchronize(0)
         return host_outputs
 
 

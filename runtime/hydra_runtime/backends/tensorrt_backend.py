@@ -25,6 +25,7 @@ from ..manifest import Manifest, TensorSpec
 from .cuda_runtime import CudaError, CudaRuntime
 from .decode_backend import (
     HOST_DTYPES,
+    STAGED_CAUSAL_TOKENS,
     BindingPlan,
     check_signature,
     kv_part,
@@ -34,7 +35,6 @@ from .decode_backend import (
 TRT_DTYPE_NAMES = {"FLOAT": "float", "HALF": "float16", "BF16": "bfloat16", "INT64": "int64", "INT32": "int32",
                    "BOOL": "bool"}
 KV_ITEMSIZE = {"float": 4, "float16": 2, "bfloat16": 2}
-MAX_CAUSAL_TOKENS = 512  # prompt tokens per call: bounds the present.* staging buffers
 
 
 def import_tensorrt():
@@ -73,14 +73,14 @@ class TensorRTBackend:
         self.row_bytes = prod(self.row_shape) * KV_ITEMSIZE[past.dtype]
         path_length = int(manifest.engine.output(ACCEPTED_NODES).shape[0])
         self.capacity = manifest.max_seq_len + path_length
-        self.max_causal_tokens = MAX_CAUSAL_TOKENS
+        self.max_causal_tokens = STAGED_CAUSAL_TOKENS
         layers = sum(1 for spec in signature if spec.name.startswith(PAST_PREFIX)) // 2
         self._cache = {(layer, part): self._malloc(self.capacity * self.row_bytes)
                        for layer in range(layers) for part in ("key", "value")}
         self._plan = BindingPlan.of(manifest.engine, lambda name: self._cache[kv_part(name)])
-        staging_rows = MAX_CAUSAL_TOKENS + path_length
+        staging_rows = STAGED_CAUSAL_TOKENS + path_length
         self._staging = {name: self._malloc(staging_rows * self.row_bytes) for name, _ in self._plan.present}
-        largest = {NEW_TOKENS: MAX_CAUSAL_TOKENS, TREE_NODES: manifest.tree.num_nodes,
+        largest = {NEW_TOKENS: STAGED_CAUSAL_TOKENS, TREE_NODES: manifest.tree.num_nodes,
                    COPY_NODES: manifest.tree.copy_nodes}
         self._host_buffers = {spec.name: self._malloc(max(1, prod(resolve_shape(spec.shape, largest, "the plan")))
                                                       * np.dtype(HOST_DTYPES[spec.dtype]).itemsize)
