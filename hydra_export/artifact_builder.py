@@ -39,7 +39,6 @@ from .tensorrt_build import TensorRTOptions
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 NUMPY_DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 TARGETS = ("onnx", "tensorrt")
-DEFAULT_DTYPE = {"onnx": "fp32", "tensorrt": "fp16"}  # TensorRT's networks take the graph's types
 DEFAULT_TREE = "tree16"  # when the heads ship no tree.json grown for them
 DEFAULT_COPY_NODES = 4  # copy chain of a tree that names none (a preset, or a plain list of choices)
 HEADS_SUBDIR = "heads"
@@ -49,7 +48,7 @@ BUILD_STAGES = 5  # load base model, load heads, trace, write weights, write the
 @dataclass(frozen=True)
 class BuildOptions:
     tree_name: str  # preset name or file it came from (identity only)
-    dtype: str | None = None  # None: DEFAULT_DTYPE[target]
+    dtype: str | None = None  # None: default_dtype(target)
     max_seq_len: int = 2048
     target: str = "onnx"
     force: bool = False  # replace an existing artifact at the output path (never anything else)
@@ -57,7 +56,17 @@ class BuildOptions:
 
     @property
     def resolved_dtype(self) -> str:
-        return self.dtype or DEFAULT_DTYPE.get(self.target, "fp32")
+        return self.dtype or default_dtype(self.target)
+
+
+def default_dtype(target: str) -> str:
+    """fp32 for ONNX Runtime; for TensorRT, whose strongly typed networks take the graph's types,
+    bf16 where the GPU has it, else fp16 (asks the GPU: a TensorRT build needs one anyway)."""
+    if target != "tensorrt":
+        return "fp32"
+    from .tensorrt_build import default_tensorrt_dtype
+
+    return default_tensorrt_dtype()
 
 
 def default_tree(heads_dir: Path | None) -> str:

@@ -143,8 +143,9 @@ def build(
                                                       "Default: the tree file's, else 4.")] = None,
     target: Annotated[TargetChoice, typer.Option(help="onnx, or tensorrt (the ONNX engine plus its TensorRT "
                                                  "plan; needs a GPU).")] = TargetChoice.onnx,
-    dtype: Annotated[Optional[DtypeChoice], typer.Option(help="Default: fp32 for onnx, fp16 for tensorrt "
-                                                         "(its networks take the graph's types).")] = None,
+    dtype: Annotated[Optional[DtypeChoice], typer.Option(help="Default: fp32 for onnx; for tensorrt (its "
+                                                         "networks take the graph's types) bf16 on GPUs of compute "
+                                                         "capability 8.0+, else fp16.")] = None,
     max_seq_len: Annotated[int, typer.Option("--max-seq-len", help="Context the engine supports.")] = 2048,
     force: Annotated[bool, typer.Option(help="Replace OUTPUT if it is an artifact (never anything else).")] = False,
     timing_cache: Annotated[Optional[Path], typer.Option(help="TensorRT timing cache to reuse and update. "
@@ -172,6 +173,7 @@ def build(
                            target=target.value, force=force,
                            tensorrt=TensorRTOptions(timing_cache, trt_optimization_level))
     check_output(output, force)  # before minutes of loading
+    options = dataclasses.replace(options, dtype=options.resolved_dtype)  # asks the GPU once, for tensorrt
     heads_dir = _heads_dir(heads, model)
     with stage_progress() as progress:
         stages = BUILD_STAGES + (1 if target == TargetChoice.tensorrt else 0)

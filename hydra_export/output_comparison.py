@@ -15,6 +15,9 @@ class OutputComparison:
     max_rel_error: float
     exact: bool | None  # integer outputs: identical or not; None for float outputs
 
+    def within(self, tolerance: float) -> bool:
+        return self.exact if self.exact is not None else self.max_abs_error <= tolerance
+
 
 def compare_outputs(graph: str, ours: dict, theirs: dict) -> list[OutputComparison]:
     rows = []

@@ -50,6 +50,18 @@ def check_tensorrt_available() -> str:
     return trt.__version__
 
 
+BF16_COMPUTE_CAPABILITY = (8, 0)  # Ampere and later have bf16 tensor cores
+
+
+def default_tensorrt_dtype() -> str:
+    """bf16 where the GPU computes it natively (fp16's 65,504 ceiling overflows in some models'
+    activations; bf16 has fp32's range), else fp16. Fails like any TensorRT build without a GPU."""
+    from hydra_runtime.backends.cuda_runtime import CudaRuntime
+
+    check_tensorrt_available()
+    return "bf16" if CudaRuntime.load().compute_capability(0) >= BF16_COMPUTE_CAPABILITY else "fp16"
+
+
 def profile_shapes(inputs: tuple[TensorSpec, ...], max_seq_len: int, tree_nodes: int, copy_nodes: int,
                    options: TensorRTOptions) -> dict[str, list[list[int]]]:
     """min / opt / max shape of every input with symbolic dims (from the manifest's engine entry).

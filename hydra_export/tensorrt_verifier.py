@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from hydra_runtime.backends.choice import onnxruntime_has_cuda
+from hydra_runtime.engine import PAST_PREFIX
 from hydra_runtime.generator import Generator
 
 from .errors import HydraExportError
@@ -51,17 +52,38 @@ def compare_runners(graph: str, reference, candidate, feeds: dict[str, np.ndarra
     return compare_outputs(graph, dict(got), dict(expected)), bool(verdict)
 
 
-def compare_plan(artifact_dir: Path, manifest, feeds_by_case: dict[str, dict], tolerance: float):
-    """The plan against its ONNX graph on every case's feeds; returns (rows labelled
-    ``case [tensorrt]``, all passed)."""
+def compare_plan(artifact_dir: Path, manifest, feeds_by_case: dict[str, dict], tolerance: float,
+                 torch_engine=None):
+    """The plan against its ONNX graph in ONNX Runtime on every case's feeds, or against
+    ``torch_engine`` (the PyTorch module) where given (bf16 plans: ONNX Runtime has no bf16
+    kernels); returns (rows labelled ``case [tensorrt]``, all passed)."""
+    candidate = tensorrt_runner(artifact_dir / manifest.tensorrt.plan)
+    if torch_engine is not None:
+        return compare_plan_with_pytorch(candidate, torch_engine, feeds_by_case, tolerance)
     rows, passed = [], True
     reference = onnxruntime_runner(artifact_dir / manifest.engine.file)
-    candidate = tensorrt_runner(artifact_dir / manifest.tensorrt.plan)
     for case, feeds in feeds_by_case.items():
         case_rows, verdict = compare_runners(f"{case} [tensorrt]", reference, candidate, feeds, tolerance)
         rows += case_rows
         passed = passed and verdict
     return rows, passed
+
+
+def compare_plan_with_pytorch(runner, torch_engine, feeds_by_case: dict[str, dict], tolerance: float):
+    """A Polygraphy runner of a bf16 plan against PyTorch. The plan takes torch tensors (K/V as
+    bf16: numpy has none) and returns them; both sides are compared as float32 numpy."""
+    import torch
+
+    rows = []
+    with runner:
+        for case, feeds in feeds_by_case.items():
+            inputs = {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in feeds.items()}
+            inputs = {name: value.to(torch.bfloat16) if name.startswith(PAST_PREFIX) else value
+                      for name, value in inputs.items()}
+            got = {name: (value.float() if value.dtype == torch.bfloat16 else value).cpu().numpy()
+                   for name, value in runner.infer(inputs).items()}
+            rows += compare_outputs(f"{case} [tensorrt]", got, torch_engine.run(feeds))
+    return rows, all(row.within(tolerance) for row in rows)
 
 
 def hydra_and_autoregressive_tokens(artifact_dir: Path, prompt_ids: list[int], max_new_tokens: int):

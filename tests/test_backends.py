@@ -231,3 +231,69 @@ def test_misaligned_present_rows_go_through_staging_losslessly(artifacts, monkey
     for mode in ("hydra", "autoregressive"):
         assert staged.generate_ids(prompt, 30, mode=mode)[0] == expected
     assert copies and all(nbytes % staged.backend.row_bytes == 0 for nbytes in copies)
+
+
+def test_tensorrt_builds_default_to_bf16_where_the_gpu_has_it(monkeypatch):
+    from hydra_export import tensorrt_build
+    from hydra_export.artifact_builder import BuildOptions
+
+    class FakeCuda:
+        capability = (8, 0)
+
+        def compute_capability(self, device):
+            return self.capability
+
+    monkeypatch.setattr(tensorrt_build, "check_tensorrt_available", lambda: "10.9")
+    monkeypatch.setattr(CudaRuntime, "load", classmethod(lambda cls: FakeCuda()))
+    assert BuildOptions("", target="tensorrt").resolved_dtype == "bf16"  # Ampere and later
+    FakeCuda.capability = (7, 5)
+    assert BuildOptions("", target="tensorrt").resolved_dtype == "fp16"  # Turing: no bf16 tensor cores
+    assert BuildOptions("", target="tensorrt", dtype="fp32").resolved_dtype == "fp32"
+    assert BuildOptions("").resolved_dtype == "fp32"
+
+
+def test_bf16_plans_are_compared_with_pytorch(llama):
+    """ONNX Runtime has no bf16 kernels, so a bf16 plan's reference is the PyTorch module. The runner
+    is faked by the module itself (no GPU here): K/V reach it as bf16 torch tensors, outputs are compared
+    as float32, and a wrong output fails the check."""
+    import copy
+
+    import torch
+
+    from conftest import random_heads
+    from hydra_export.artifact_verifier import KV_NUMPY, engine_cases
+    from hydra_export.export.graph_specs import TorchEngine, build_engine_spec
+    from hydra_export.tensorrt_verifier import compare_plan_with_pytorch
+    from hydra_runtime import TreeBuffers
+
+    base = copy.copy(llama)
+    base.model = copy.deepcopy(llama.model).to(torch.bfloat16)
+    heads = random_heads(llama, "hydra++").to(torch.bfloat16)
+    tree = TreeBuffers.from_name("tree16", copy_nodes=4)
+    spec = build_engine_spec(base, heads, tree, 64, torch.bfloat16)
+    torch_engine = TorchEngine(spec)
+    empty = {name: np.zeros((1, 0, *spec.sample_inputs[i].shape[2:]), KV_NUMPY["bfloat16"])
+             for i, name in enumerate(spec.input_names) if name.startswith("past_key_values")}
+    cases = {case: host | empty for case, host in engine_cases([5, 9, 33, 7], tree.num_nodes).items()}
+
+    class ModuleRunner:
+        def __init__(self, offset=0.0):
+            self.offset = offset
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        def infer(self, inputs):
+            assert all(value.dtype == torch.bfloat16 for name, value in inputs.items() if name.startswith("past"))
+            with torch.no_grad():
+                outputs = spec.module(*(inputs[name] for name in spec.input_names))
+            return {name: value + self.offset if value.is_floating_point() else value
+                    for name, value in zip(spec.output_names, outputs)}
+
+    rows, passed = compare_plan_with_pytorch(ModuleRunner(), torch_engine, cases, tolerance=1e-1)
+    assert passed and rows and {row.graph for row in rows} == {f"{case} [tensorrt]" for case in cases}
+    rows, passed = compare_plan_with_pytorch(ModuleRunner(offset=1.0), torch_engine, cases, tolerance=1e-1)
+    assert not passed

@@ -12,7 +12,7 @@ import torch
 
 from hydra_export.artifact_verifier import verify_artifact
 from hydra_export.base_model import load_base_model
-from hydra_runtime import ArtifactError, GenerationInputError, InvalidTreeError
+from hydra_runtime import ArtifactError, GenerationInputError, HydraExportError, InvalidTreeError
 from hydra_runtime.generator import Generator
 from hydra_runtime.manifest import FORMAT_VERSION
 
@@ -215,6 +215,8 @@ def test_half_precision_artifacts(tmp_path, model_dirs):
     assert len(ids) == 12
     with pytest.raises(ArtifactError, match="KV cache is bfloat16.*--backend tensorrt"):
         Generator.load(tmp_path / "bf16", backend="cpu")
+    with pytest.raises(HydraExportError, match="bf16 and has no TensorRT plan.*--target tensorrt"):
+        verify_artifact(tmp_path / "bf16", model=str(model_dirs["llama"]))
 
 
 def test_one_session_serves_every_kind_of_call(artifacts, monkeypatch):

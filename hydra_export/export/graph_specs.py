@@ -19,6 +19,7 @@ from hydra_runtime.engine import (
     MAX_SEQ_LEN_METADATA,
     NEXT_TREE_TOKENS,
     NEW_TOKENS,
+    PAST_PREFIX,
     PAST_SEQUENCE,
     PRESENT_SEQUENCE,
     TREE_METADATA,
@@ -92,6 +93,11 @@ class TorchEngine:
 
     @torch.no_grad()
     def run(self, feeds):
+        """numpy in, numpy out. K/V feeds are cast to the module's dtype; bf16 outputs, which numpy
+        cannot hold, come back as float32 (exact: bf16 -> fp32 -> bf16 round-trips)."""
+        dtype = next(self.spec.module.parameters()).dtype
         args = [torch.from_numpy(feeds[name].copy()) for name in self.input_names]
+        args = [arg.to(dtype) if name.startswith(PAST_PREFIX) else arg for name, arg in zip(self.input_names, args)]
         outputs = self.spec.module(*args)
-        return {name: value.numpy() for name, value in zip(self.output_names, outputs)}
+        return {name: (value.float() if value.dtype == torch.bfloat16 else value).numpy()
+                for name, value in zip(self.output_names, outputs)}

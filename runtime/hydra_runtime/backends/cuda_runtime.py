@@ -2,7 +2,7 @@
 
 Polygraphy (in the ``gpu`` extra, beside TensorRT) finds libcudart in the CUDA toolkit or in the
 nvidia-cuda-runtime wheels and wraps malloc, free, copies and streams; this module adds the two
-calls it lacks (device count and choice) on the same library handle, and turns failures into
+calls it lacks (device count, choice and compute capability) on the same library handle, and turns failures into
 ``CudaError`` with CUDA's own message.
 """
 
@@ -19,6 +19,7 @@ class CudaError(HydraExportError):
     """The CUDA runtime is missing, finds no GPU, or failed a call."""
 
 
+COMPUTE_CAPABILITY_MAJOR, COMPUTE_CAPABILITY_MINOR = 75, 76  # cudaDeviceAttr values
 NOT_FOUND = ("the CUDA runtime (libcudart) was not found; the GPU backends need an NVIDIA driver and CUDA, "
              "e.g. `pip install 'hydra-export[gpu]'` on a machine with an NVIDIA GPU")
 
@@ -57,6 +58,17 @@ class CudaRuntime:
         count = ctypes.c_int(0)
         status = self.lib.cudaGetDeviceCount(ctypes.byref(count))
         return count.value if status == 0 else 0
+
+    def compute_capability(self, device: int = 0) -> tuple[int, int]:
+        """(major, minor) of ``device``, e.g. (9, 0) for an H100/H200."""
+        values = []
+        for attribute in (COMPUTE_CAPABILITY_MAJOR, COMPUTE_CAPABILITY_MINOR):
+            value = ctypes.c_int(0)
+            status = self.lib.cudaDeviceGetAttribute(ctypes.byref(value), attribute, device)
+            if status != 0:
+                raise CudaError(f"cudaDeviceGetAttribute failed: {self.lib.cudaGetErrorString(status).decode()}")
+            values.append(value.value)
+        return values[0], values[1]
 
     def set_device(self, device: int) -> None:
         if device >= self.device_count():
