@@ -43,6 +43,8 @@ def test_training_lowers_loss_and_writes_loadable_heads(tmp_path, tiny_base, kin
     log = summary["log"]
     assert log[0]["step"] == 0 and log[-1]["step"] == summary["steps"] and len(log[-1]["top1"]) == 4
     assert log[-1]["tokens"] > 0 and log[-1]["mean_accepted_length_tree16"] >= 1.0
+    simulated = log[-1]["simulated_accepted_length"]  # held-out answers replayed, heads alone and with a chain
+    assert set(simulated) == {"mc_sim_7b_63", "mc_sim_7b_63+copy8"} and all(v >= 1.0 for v in simulated.values())
     heads = load_heads(recipe.output_dir, tiny_base.config)
     assert heads.kind == kind
     saved = json.loads((tmp_path / f"{kind}-heads" / "training_log.json").read_text())
@@ -100,6 +102,20 @@ def test_self_distilled_sequences_keep_the_hidden_states_generation_computed(tmp
     assert [s["response_ids"] for s in again] == [s["response_ids"] for s in sequences]
     rebuilt = HiddenStateCache.build(tiny_base, again, recipe.cache_path)
     np.testing.assert_allclose(np.asarray(rebuilt.hidden, np.float32), np.asarray(cache.hidden, np.float32), atol=1e-2)
+
+
+def test_training_can_start_from_trained_heads(tmp_path, tiny_base):
+    import torch
+
+    first = recipe_for(tmp_path, "hydra", epochs=1)
+    Trainer(first, base=tiny_base).train()
+    trained = load_heads(first.output_dir, tiny_base.config).state_dict()
+    warm = Trainer(recipe_for(tmp_path / "warm", "hydra", init_heads=first.output_dir), base=tiny_base)
+    start = warm.heads.state_dict()
+    assert all(torch.equal(start[name], value.to(start[name].dtype)) for name, value in trained.items()
+               if name != "draft_vocab")
+    with pytest.raises(HydraExportError, match="init_heads .* does not match the recipe's heads"):
+        Trainer(recipe_for(tmp_path / "other", "medusa", init_heads=first.output_dir), base=tiny_base)
 
 
 def test_recipe_errors(tmp_path):

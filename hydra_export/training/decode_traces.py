@@ -57,11 +57,18 @@ def greedy_answers(base: BaseModel, prompt_ids: list[list[int]], max_new_tokens:
 @torch.no_grad()
 def head_ranks(base: BaseModel, heads: DraftHeads, prompt: list[int], response: list[int]) -> np.ndarray:
     """[len(response), K] int16: see DecodeTrace.ranks."""
+    hidden = base.decoder(input_ids=torch.tensor([prompt + response])).last_hidden_state[0]  # [L, H]
+    return head_ranks_from_hidden(heads, BaseProjections(base.embed_tokens, base.lm_head), prompt, response, hidden)
+
+
+@torch.no_grad()
+def head_ranks_from_hidden(heads: DraftHeads, projections: BaseProjections, prompt: list[int], response: list[int],
+                           hidden: torch.Tensor) -> np.ndarray:
+    """The same from the base model's final-normed hidden states of prompt + response, [L, H]
+    (cached ones, e.g. the trainer's: no base forward)."""
     sequence = torch.tensor([prompt + response])  # [1, L]
     length, start = sequence.shape[1], len(prompt) - 1
-    hidden = base.decoder(input_ids=sequence).last_hidden_state  # [1, L, H]
-    context = heads.context(hidden, torch.arange(length)[None], heads.new_context_cache())[0]  # [L, H]
-    projections = BaseProjections(base.embed_tokens, base.lm_head)
+    context = heads.context(hidden[None], torch.arange(length)[None], heads.new_context_cache())[0]  # [L, H]
     num_heads = heads.config.num_heads
     ranks = np.full((len(response), num_heads), -1, dtype=np.int16)
     for k in range(num_heads):

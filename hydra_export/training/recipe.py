@@ -40,6 +40,7 @@ class TrainRecipe:
     eval_every: int = 200  # steps
     checkpoint_every: int = 200
     seed: int = 0
+    init_heads: str = ""  # native heads directory to start from (same kind and shape), e.g. the shipped heads
     cache_dir: str = ""  # default: <output_dir>.cache
 
     @classmethod
@@ -80,6 +81,8 @@ class TrainRecipe:
         for name in ("kind", "output_dir", "model"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise HydraExportError(f"recipe key {name!r} must be a non-empty string")
+        if not isinstance(self.init_heads, str):
+            raise HydraExportError(f"recipe key 'init_heads' must be a heads directory (a string), got {self.init_heads!r}")
         if self.responses not in ("self-distill", "corpus"):
             raise HydraExportError(f"responses must be 'self-distill' or 'corpus', got {self.responses!r}")
         if self.loss not in ("distill", "ce"):

@@ -27,11 +27,17 @@ from ..decoding.reference_decoder import ReferenceDecoder
 from ..errors import HydraExportError
 from ..heads import BaseProjections, DraftHeads, build_heads, heads_config_for
 from ..heads.checkpoint import load_native_heads, save_heads
+from hydra_runtime.decode_simulator import DecodeTrace, simulate
+
 from .dataset import HiddenStateCache, build_sequences
+from .decode_traces import head_ranks_from_hidden
 from .losses import HEAD_LOSS_DECAY, head_inputs, head_logits, head_loss, truth_rank_counts
 from .recipe import TrainRecipe
 
 PROBE_TREE = "tree16"
+SIMULATED_TREE = "mc_sim_7b_63"  # held-out sequences replayed on it, heads alone and with a copy chain
+SIMULATED_COPY_NODES = 8
+SIMULATED_SEQUENCES = 48
 STATE_FILE = "state.json"  # with state.safetensors: the trainer's checkpoint (never pickled)
 PROBE_PROMPTS = 4
 PROBE_NEW_TOKENS = 40
@@ -73,6 +79,9 @@ class Trainer:
         # Heads trained on a vocabulary subset also draft from it (see HeadsConfig.draft_vocab_size).
         config = dataclasses.replace(config, draft_vocab_size=recipe.vocab_subset)
         self.heads: DraftHeads = build_heads(config, self.base.config)
+        if recipe.init_heads:  # continue from trained heads (e.g. the shipped ones) on this recipe's data
+            self._load_head_weights(Path(recipe.init_heads), f"init_heads {recipe.init_heads}",
+                                    "point init_heads at heads of this recipe's kind and shape")
         self.cache_dir = recipe.cache_path
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoint_dir = Path(recipe.output_dir + ".checkpoint")
@@ -144,13 +153,32 @@ class Trainer:
         for i in held_out[:PROBE_PROMPTS]:
             result = decoder.generate(sequences[i]["prompt_ids"], PROBE_NEW_TOKENS, eos_token_ids=eos)
             accepted += result.accepted_lengths
+        simulated = self.simulated_accepted_lengths(cache, held_out, sequences)
         self.heads.train()
         return {
             "top1": probs[:, 0].round(4).tolist(),
             "top5": probs[:, :5].sum(axis=1).round(4).tolist(),
             "rank_probs": probs.round(5).tolist(),
             f"mean_accepted_length_{PROBE_TREE}": round(float(np.mean(accepted)), 4),
+            "simulated_accepted_length": simulated,
         }
+
+    @torch.no_grad()
+    def simulated_accepted_lengths(self, cache: HiddenStateCache, held_out: list[int], sequences: list[dict]) -> dict:
+        """Greedy decoding replayed (decode_simulator) over held-out self-distilled answers, which are
+        the base model's own greedy continuations, on SIMULATED_TREE alone and with a copy chain.
+        Uses the cached hidden states: no base forward."""
+        num_heads = self.heads.config.num_heads
+        choices = [c for c in TREE_PRESETS[SIMULATED_TREE] if len(c) <= num_heads]
+        traces = []
+        for i in held_out[:SIMULATED_SEQUENCES]:
+            prompt, response = sequences[i]["prompt_ids"], sequences[i]["response_ids"]
+            hidden = torch.from_numpy(np.asarray(cache.hidden[cache.offsets[i] : cache.offsets[i + 1]], np.float32))
+            ranks = head_ranks_from_hidden(self.heads, self.projections, prompt, response, hidden)
+            traces.append(DecodeTrace(np.asarray(prompt), np.asarray(response), ranks))
+        return {f"{SIMULATED_TREE}{suffix}": round(simulate(TreeBuffers.from_choices(choices, copy_nodes=copy), traces)
+                                                   .mean_accepted_length, 4)
+                for suffix, copy in (("", 0), (f"+copy{SIMULATED_COPY_NODES}", SIMULATED_COPY_NODES))}
 
     def train(self, resume: bool = True) -> dict:
         recipe = self.recipe
@@ -202,6 +230,17 @@ class Trainer:
         (Path(recipe.output_dir) / LOG_FILE).write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
+    def _load_head_weights(self, directory: Path, what: str, fix: str) -> None:
+        loaded = load_native_heads(directory, self.base.config)
+        # The draft vocabulary is derived from the data (set again in train()), not learned.
+        try:
+            missing, unexpected = self.heads.load_state_dict(loaded.state_dict(), strict=False)
+        except RuntimeError as error:  # tensors of other shapes
+            raise HydraExportError(f"{what} does not match the recipe's heads ({error}); {fix}") from None
+        if unexpected or set(missing) - {"draft_vocab"}:
+            raise HydraExportError(f"{what} does not match the recipe's heads (missing {missing}, "
+                                   f"unexpected {unexpected}); {fix}")
+
     def _save_checkpoint(self, optimizer, scheduler, step: int, tokens_seen: int) -> None:
         """Heads, optimizer tensors (safetensors) and the rest (JSON): nothing is pickled, so a
         planted checkpoint cannot run code when a later run resumes from it."""
@@ -222,14 +261,8 @@ class Trainer:
         (self.checkpoint_dir / "state.json.partial").replace(self.checkpoint_dir / STATE_FILE)
 
     def _load_checkpoint(self, optimizer, scheduler) -> tuple[int, int]:
-        loaded = load_native_heads(self.checkpoint_dir / "heads", self.base.config)
-        # The draft vocabulary is derived from the data (set again in train()), not learned.
-        missing, unexpected = self.heads.load_state_dict(loaded.state_dict(), strict=False)
-        if unexpected or set(missing) - {"draft_vocab"}:
-            raise HydraExportError(
-                f"checkpoint {self.checkpoint_dir} does not match the recipe's heads (missing {missing}, "
-                f"unexpected {unexpected}); delete it or restore the recipe it was made with"
-            )
+        self._load_head_weights(self.checkpoint_dir / "heads", f"checkpoint {self.checkpoint_dir}",
+                                "delete it or restore the recipe it was made with")
         try:
             state = json.loads((self.checkpoint_dir / STATE_FILE).read_text())
             tensors = load_file(str(self.checkpoint_dir / "state.safetensors"))
