@@ -206,12 +206,20 @@ def build(
 def train(
     recipe: Annotated[Path, typer.Argument(help="Recipe JSON (see recipes/).")],
     resume: Annotated[bool, typer.Option(help="Continue from the recipe's checkpoint if there is one.")] = True,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="torch threads (default: all cores; "
+                                                   "1 is faster beside another busy process).")] = None,
+    data_only: Annotated[bool, typer.Option("--data-only", help="Only make the data (self-distilled answers and "
+                                            "their hidden states, resumable), e.g. in the background.")] = False,
 ):
     """Train draft heads on a frozen base model as a recipe says; writes native heads."""
+    import torch
+
     from .training.recipe import TrainRecipe
     from .training.trainer import Trainer
 
     loaded = TrainRecipe.from_file(recipe)
+    if threads:
+        torch.set_num_threads(threads)
     with stage_progress() as progress:
         tasks: dict[str, int] = {}
 
@@ -221,10 +229,16 @@ def train(
                 tasks[key] = progress.add_task(stage, total=total)
             progress.update(tasks[key], completed=completed, total=total, description=stage)
 
-        summary = Trainer(loaded, progress=report).train(resume=resume)
+        trainer = Trainer(loaded, progress=report)
+        if data_only:
+            cache = trainer.prepare_data()[0]
+            stdout.print(f"data ready in {loaded.cache_path}: {len(cache)} sequences, {int(cache.offsets[-1])} tokens",
+                         markup=False)
+            return
+        summary = trainer.train(resume=resume)
     last = summary["log"][-1]
     stdout.print(f"heads written to {loaded.output_dir} in {summary['train_seconds']} s; held-out top-1 per head "
-                 f"{last['top1']}, mean accepted length {last.get('mean_accepted_length_tree16')}")
+                 f"{last['top1']}, simulated accepted length {last.get('simulated_accepted_length')}", markup=False)
 
 
 @app.command("training-curves")

@@ -145,6 +145,9 @@ def test_train_tree_search_and_curves_commands(tmp_path, model_dirs):
     path = tmp_path / "recipe.json"
     path.write_text(json.dumps({k: v for k, v in recipe.__dict__.items()}))
     runner = CliRunner()
+    result = runner.invoke(app, ["train", str(path), "--data-only", "--threads", "2"])
+    assert result.exit_code == 0, result.output
+    assert "data ready in" in result.output and not Path(recipe.output_dir).exists()
     result = runner.invoke(app, ["train", str(path)])
     assert result.exit_code == 0, result.output
     assert "heads written to" in result.output
@@ -168,7 +171,9 @@ def test_train_tree_search_and_curves_commands(tmp_path, model_dirs):
 
     result = runner.invoke(app, ["training-curves", recipe.output_dir, "--plot", str(tmp_path / "curves.png")])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["hydra"]["tokens"][0] == 0
+    curve = json.loads(result.stdout)["hydra"]
+    assert curve["tokens"][0] == 0
+    assert len(curve["simulated_mc_sim_7b_63"]) == len(curve["simulated_mc_sim_7b_63+copy8"]) == len(curve["tokens"])
     assert (tmp_path / "curves.png").stat().st_size > 10_000
 
     result = runner.invoke(app, [*search, "--nodes", "x"])

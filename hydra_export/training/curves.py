@@ -17,7 +17,7 @@ def read_log(heads_dir: Path) -> dict:
 
 
 def plot_learning_curves(heads_dirs: list[Path], out_path: Path) -> dict:
-    """One line per heads directory; returns the points plotted (tokens, accepted length, top-1 of head 1)."""
+    """Lines per heads directory; returns the points plotted (tokens, accepted lengths, top-1 of head 1)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -29,13 +29,20 @@ def plot_learning_curves(heads_dirs: list[Path], out_path: Path) -> dict:
         log = read_log(heads_dir)
         label = log["recipe"]["kind"]
         tokens = [entry["tokens"] for entry in log["log"]]
-        accepted = [entry[f"mean_accepted_length_{PROBE_TREE}"] for entry in log["log"]]
         top1 = [entry["top1"][0] for entry in log["log"]]
-        left.plot(tokens, accepted, marker="o", label=label)
+        point = points[label] = {"tokens": tokens, "head1_top1": top1}
+        if all("simulated_accepted_length" in entry for entry in log["log"]):
+            # Held-out answers replayed on a tree, heads alone and with a copy chain (one line each).
+            for tree in log["log"][0]["simulated_accepted_length"]:
+                values = point[f"simulated_{tree}"] = [e["simulated_accepted_length"][tree] for e in log["log"]]
+                left.plot(tokens, values, marker="o", linestyle="--" if "copy" in tree else "-",
+                          label=f"{label}, {tree}")
+        else:  # logs from before the simulator: the reference decoder's short probe
+            accepted = point["mean_accepted_length"] = [e[f"mean_accepted_length_{PROBE_TREE}"] for e in log["log"]]
+            left.plot(tokens, accepted, marker="o", label=f"{label}, {PROBE_TREE}")
         right.plot(tokens, top1, marker="o", label=label)
-        points[label] = {"tokens": tokens, "mean_accepted_length": accepted, "head1_top1": top1}
-    left.set_xlabel("training tokens (rows of head 1)")
-    left.set_ylabel(f"mean accepted length ({PROBE_TREE}, held-out prompts)")
+    left.set_xlabel("training tokens (rows of head 1, every epoch counted)")
+    left.set_ylabel("mean accepted length (held-out answers)")
     left.set_title("Accepted tokens per step while training")
     right.set_xlabel("training tokens (rows of head 1)")
     right.set_ylabel("head 1 top-1 agreement with the base model")
