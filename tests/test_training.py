@@ -194,3 +194,11 @@ def test_long_prompts_lose_their_beginning_not_the_template(model_dirs):
     assert len(full) > 40 >= len(cut) > prefix + suffix
     assert cut[:prefix] == one[:prefix] and cut[-suffix:] == one[-suffix:]  # the template survives whole
     assert cut[-suffix - 1] == full[-suffix - 1]  # the request keeps its end ("END")
+
+
+def test_every_shipped_recipe_is_valid():
+    recipes = sorted((DATA.parent / "recipes").glob("*.json"))
+    assert len(recipes) >= 4
+    for path in recipes:
+        recipe = TrainRecipe.from_file(path)
+        assert all((DATA.parent / name).is_file() for name in recipe.data_files), path
