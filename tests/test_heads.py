@@ -51,6 +51,28 @@ def test_untrained_blocks_start_near_pass_through(llama):
     torch.testing.assert_close(heads.head_hidden(0, x, torch.empty(2, 1, 64)), x + torch.nn.functional.silu(bias))
 
 
+def test_saving_heads_keeps_what_else_is_in_the_folder(tmp_path, llama):
+    """Retraining into a heads folder replaces the two heads files only: a tree.json grown for the
+    heads, or anything the user put there, stays; files are readable like any other."""
+    import os
+    import stat
+
+    folder = tmp_path / "heads"
+    save_heads(random_heads(llama, "hydra", seed=1), folder)
+    (folder / "tree.json").write_text('{"choices": [[0]]}')
+    (folder / "notes").mkdir()
+    save_heads(random_heads(llama, "hydra", seed=2), folder)
+    assert (folder / "tree.json").read_text() == '{"choices": [[0]]}' and (folder / "notes").is_dir()
+    assert sorted(p.name for p in folder.iterdir()) == ["heads.safetensors", "heads_config.json", "notes", "tree.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((folder / "heads.safetensors").stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask
+    loaded = load_heads(folder, llama.config)
+    for name, tensor in unique_tensors(random_heads(llama, "hydra", seed=2)).items():
+        torch.testing.assert_close(unique_tensors(loaded)[name], tensor)
+
+
 @pytest.mark.parametrize("kind", sorted(HEAD_TYPES))
 @pytest.mark.parametrize("own_lm_head", [False, True])
 def test_native_round_trip(tmp_path, qwen2, kind, own_lm_head):

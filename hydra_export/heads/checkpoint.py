@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -62,21 +61,26 @@ def load_tensors_strict(module: torch.nn.Module, tensors: dict[str, torch.Tensor
 
 
 def save_heads(heads: DraftHeads, out_dir: Path, dtype: torch.dtype | None = None) -> None:
-    """Write heads atomically: files are staged beside ``out_dir`` and renamed when complete."""
+    """Write the two heads files into ``out_dir``, each atomically (written beside, then renamed),
+    the config last. Other files there (a tree.json, a training log) are left as they are."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
+    out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {
         name: (t.detach().to(dtype) if dtype is not None and t.is_floating_point() else t.detach()).contiguous()
         for name, t in unique_tensors(heads).items()
     }
-    save_file(tensors, str(staging / WEIGHTS_FILE))
-    (staging / CONFIG_FILE).write_text(json.dumps(heads.config.to_dict(), indent=2) + "\n")
-    if out_dir.exists():
-        for child in out_dir.iterdir():
-            child.unlink()
-        out_dir.rmdir()
-    os.replace(staging, out_dir)
+    _replace_file(out_dir / WEIGHTS_FILE, lambda partial: save_file(tensors, str(partial)))
+    config = json.dumps(heads.config.to_dict(), indent=2) + "\n"
+    _replace_file(out_dir / CONFIG_FILE, lambda partial: partial.write_text(config))
+
+
+def _replace_file(path: Path, write) -> None:
+    partial = path.with_name(f".{path.name}.partial")  # a crash leaves only this, overwritten next time
+    write(partial)
+    umask = os.umask(0)
+    os.umask(umask)
+    partial.chmod(0o666 & ~umask)  # safetensors writes 0600; heads are shared like any other file
+    os.replace(partial, path)
 
 
 def read_heads_config(heads_dir: Path) -> HeadsConfig:
