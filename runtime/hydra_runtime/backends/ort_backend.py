@@ -89,8 +89,8 @@ class OrtBackend:
     def _copy_rows(self, destination: int, source: int, nbytes: int) -> None:
         if self._cuda is None:
             ctypes.memmove(destination, source, nbytes)
-        else:  # ONNX Runtime has synchronised its streams when run returns; this copy is synchronous too
-            self._cuda.copy_on_device(destination, source, nbytes, 0)
+        else:  # ONNX Runtime has synchronised its streams when run returns; run() waits for these copies
+            self._cuda.copy_on_device(destination, source, nbytes, 0)  # on the default stream
 
     def reset(self) -> None:
         self.length = 0
