@@ -13,6 +13,7 @@ from hydra_runtime.engine import PAST_PREFIX
 from hydra_runtime.generator import Generator
 
 from .errors import HydraExportError
+from .export.graph_specs import as_numpy
 from .output_comparison import OutputComparison, compare_outputs
 
 
@@ -80,8 +81,7 @@ def compare_plan_with_pytorch(runner, torch_engine, feeds_by_case: dict[str, dic
             inputs = {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in feeds.items()}
             inputs = {name: value.to(torch.bfloat16) if name.startswith(PAST_PREFIX) else value
                       for name, value in inputs.items()}
-            got = {name: (value.float() if value.dtype == torch.bfloat16 else value).cpu().numpy()
-                   for name, value in runner.infer(inputs).items()}
+            got = {name: as_numpy(value) for name, value in runner.infer(inputs).items()}
             rows += compare_outputs(f"{case} [tensorrt]", got, torch_engine.run(feeds))
     return rows, all(row.within(tolerance) for row in rows)
 

@@ -99,5 +99,9 @@ class TorchEngine:
         args = [torch.from_numpy(feeds[name].copy()) for name in self.input_names]
         args = [arg.to(dtype) if name.startswith(PAST_PREFIX) else arg for name, arg in zip(self.input_names, args)]
         outputs = self.spec.module(*args)
-        return {name: (value.float() if value.dtype == torch.bfloat16 else value).numpy()
-                for name, value in zip(self.output_names, outputs)}
+        return {name: as_numpy(value) for name, value in zip(self.output_names, outputs)}
+
+
+def as_numpy(value: torch.Tensor):
+    """A tensor on the host as numpy; bf16, which numpy cannot hold, as float32 (exact)."""
+    return (value.float() if value.dtype == torch.bfloat16 else value).cpu().numpy()
