@@ -104,6 +104,7 @@ class FlatDecoder(nn.Module):
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.rotary = RotaryTables(base.decoder.rotary_emb, max_seq_len, self.head_dim, dtype)
+        self.call_layer = decoder_layer  # an opaque call while the engine is traced (layer_stamp)
 
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, past: list[torch.Tensor], bias: torch.Tensor
@@ -114,7 +115,7 @@ class FlatDecoder(nn.Module):
         rotary = self.rotary(positions)
         present = []
         for i, layer in enumerate(self.model.layers):
-            x, key, value = decoder_layer(
+            x, key, value = self.call_layer(
                 layer, x, rotary, past[2 * i], past[2 * i + 1], bias, self.num_heads, self.num_kv_heads, self.head_dim
             )
             present += [key, value]

@@ -34,6 +34,7 @@ from ..base_model import BaseModel
 from ..heads import DraftHeads
 from .flat_decoder import FlatDecoder
 from .graphs import EngineGraph
+from .layer_stamp import LayerTemplate
 
 SAMPLE_PAST = 5  # sample lengths used for tracing; the exported dims stay dynamic
 SAMPLE_NEW_TOKENS = 3
@@ -49,6 +50,7 @@ class GraphSpec:
     dynamic_dims: dict[str, dict[int, str]]  # input or output name -> {axis: symbolic dim name}
     dim_ranges: dict[str, tuple[int, int]]  # symbolic dim -> (min, max) for tracing
     metadata: dict[str, str]  # the engine's metadata_props (what it bakes in, for the runtime's checks)
+    layer_template: LayerTemplate | None = None  # traced once and stamped at every matching layer
 
 
 def kv_names(prefix_fn, layers: int) -> tuple[str, ...]:
@@ -80,6 +82,8 @@ def build_engine_spec(base: BaseModel, heads: DraftHeads, tree: TreeBuffers, max
                     COPY_NODES: (0, tree.copy_nodes), PAST_SEQUENCE: (0, max_seq_len + tree.path_length)},
         metadata={TREE_METADATA: json.dumps(tree.choices_as_lists()), COPY_NODES_METADATA: str(tree.copy_nodes),
                   MAX_SEQ_LEN_METADATA: str(max_seq_len)},
+        layer_template=LayerTemplate(decoder.model.layers[0], (decoder.num_heads, decoder.num_kv_heads,
+                                                              decoder.head_dim)),
     )
 
 

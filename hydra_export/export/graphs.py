@@ -84,10 +84,11 @@ class ContextLayer(nn.Module):
         self.norm = heads.prefix_norm
         self.rotary = decoder.rotary
         self.shape = (decoder.num_heads, decoder.num_kv_heads, decoder.head_dim)
+        self.call_layer = decoder_layer  # an opaque call while the engine is traced (layer_stamp)
 
     def forward(self, hidden, positions, past_key, past_value, bias):
         """hidden [T, H], positions [T], past [1, P, kv, d], bias [T, P + T] -> [T, H], key, value."""
-        out, key, value = decoder_layer(self.layer, hidden, self.rotary(positions), past_key, past_value, bias, *self.shape)
+        out, key, value = self.call_layer(self.layer, hidden, self.rotary(positions), past_key, past_value, bias, *self.shape)
         return self.norm(out), key, value
 
 

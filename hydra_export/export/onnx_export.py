@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import warnings
 from pathlib import Path
 
 import onnx
+import onnx_ir as ir
 import torch
 
 from ..errors import HydraExportError
 from .graph_specs import GraphSpec
+from .layer_stamp import TRANSLATION_TABLE, inline_layers, stamped_layers
 
 OPSET = 18
 
@@ -30,8 +33,6 @@ def export_graph(spec: GraphSpec, out_dir: Path, progress=None) -> onnx.ModelPro
     Returns the graph without its weights (for the manifest's signature).
     ``progress(done, total)`` is called per tensor written.
     """
-    import onnx_ir as ir
-
     shared: dict[str, torch.export.Dim] = {}  # one Dim object per symbolic name
     dims = []
     for name in spec.input_names:
@@ -39,7 +40,9 @@ def export_graph(spec: GraphSpec, out_dir: Path, progress=None) -> onnx.ModelPro
         dims.append({axis: shared.setdefault(symbol, torch.export.Dim(symbol, min=spec.dim_ranges[symbol][0],
                                                                       max=spec.dim_ranges[symbol][1]))
                      for axis, symbol in axes.items()} if axes else None)
-    with warnings.catch_warnings(), torch.no_grad():
+    template = spec.layer_template
+    stamping = stamped_layers(spec.module, template) if template else contextlib.nullcontext()
+    with warnings.catch_warnings(), torch.no_grad(), stamping:
         warnings.simplefilter("ignore")
         try:
             program = torch.onnx.export(
@@ -52,12 +55,16 @@ def export_graph(spec: GraphSpec, out_dir: Path, progress=None) -> onnx.ModelPro
                 opset_version=OPSET,
                 optimize=False,  # the full onnxscript rewriter took half the build time: see _fold
                 verbose=False,
+                custom_translation_table=TRANSLATION_TABLE if template else None,
             )
+            if template:
+                inline_layers(program.model, template.trace(OPSET))
         except Exception as error:  # the exporter raises many types; name the graph and re-raise typed
             raise HydraExportError(f"tracing the {spec.name} graph failed: {error}") from error
     path = Path(out_dir) / f"{spec.name}.onnx"
-    _fold(program.model)
     _name_dynamic_dims(program.model, spec)
+    _share_input_sizes(program.model)
+    _fold(program.model)
     program.model.metadata_props.update(spec.metadata)
     callback = (lambda tensor, info: progress(info.index + 1, info.total)) if progress else None
     ir.save(program.model, str(path), external_data=WEIGHTS_FILE, size_threshold_bytes=INLINE_BYTES,
@@ -72,7 +79,6 @@ def _fold(model) -> None:
     on a CPU where every node costs a launch per step. The exporter's default optimizer also
     runs onnxscript's pattern rewriter, which took 70 s of a 135M build for 45 fewer nodes;
     ONNX Runtime and TensorRT fuse such patterns themselves when they load the engine."""
-    import onnx_ir as ir
     import onnxscript.optimizer
     from onnx_ir.passes import common
 
@@ -88,6 +94,31 @@ def _fold(model) -> None:
         cleanup(model)
 
 
+def _share_input_sizes(model) -> None:
+    """Read each named dynamic size from one graph input: inputs that share a dim name share its
+    size (all ``past_key_values.*`` have ``past_sequence``), but a layer traced alone and stamped
+    reads it from its own past tensor; one Shape instead lets CSE merge the arithmetic after it."""
+    first: dict[str, tuple[object, int]] = {}  # dim name -> (graph input, axis)
+    for value in model.graph.inputs:
+        for axis, dim in enumerate(value.shape or ()):
+            if isinstance(dim, ir.SymbolicDim) and dim.value:
+                first.setdefault(dim.value, (value, axis))
+    for node in model.graph:
+        source = node.inputs[0] if node.op_type == "Shape" and node.inputs else None
+        if source is None or not source.is_graph_input() or source.shape is None:
+            continue
+        rank = len(source.shape)
+        start = node.attributes.get_int("start", 0) % rank
+        end = node.attributes.get_int("end", rank)
+        dim = source.shape[start]
+        if end != start + 1 or not (isinstance(dim, ir.SymbolicDim) and dim.value in first):
+            continue
+        shared, axis = first[dim.value]
+        node.replace_input_with(0, shared)
+        node.attributes["start"] = ir.AttrInt64("start", axis)
+        node.attributes["end"] = ir.AttrInt64("end", axis + 1)
+
+
 def _nest_varargs(module: torch.nn.Module, per_input: list) -> tuple:
     """torch.export wants a ``*past`` parameter's shapes as one nested tuple."""
     parameters = inspect.signature(module.forward).parameters.values()
@@ -100,8 +131,6 @@ def _nest_varargs(module: torch.nn.Module, per_input: list) -> tuple:
 
 def _name_dynamic_dims(model, spec: GraphSpec) -> None:
     """Give dynamic axes the names users see in the manifest (past_sequence, new_tokens, ...)."""
-    import onnx_ir as ir
-
     for value in [*model.graph.inputs, *model.graph.outputs]:
         axes = spec.dynamic_dims.get(value.name, {})
         if axes and value.shape is not None:

@@ -1,0 +1,80 @@
+"""One decoder layer traced and stamped at every layer (layer_stamp) gives the fully traced engine."""
+
+import dataclasses
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from conftest import random_heads
+from hydra_export.artifact_verifier import engine_cases
+from hydra_export.export import layer_stamp, onnx_export
+from hydra_export.export.flat_decoder import decoder_layer
+from hydra_export.export.graph_specs import build_engine_spec
+from hydra_runtime import TreeBuffers
+
+
+def _session(path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("model, kind", [("llama", "hydra++"), ("qwen2", "medusa")])
+def test_stamped_engine_equals_the_full_trace(request, tmp_path, monkeypatch, model, kind):
+    base = request.getfixturevalue(model)
+    heads = random_heads(base, kind)
+    tree = TreeBuffers.from_name("tree16", copy_nodes=4)
+    spec = build_engine_spec(base, heads, tree, 64, torch.float32)
+    inlined = []
+    real_inline = layer_stamp.inline_layers
+    monkeypatch.setattr(onnx_export, "inline_layers", lambda *args: inlined.append(real_inline(*args)))
+    (tmp_path / "stamped").mkdir()
+    (tmp_path / "full").mkdir()
+    stamped = onnx_export.export_graph(spec, tmp_path / "stamped")
+    full = onnx_export.export_graph(dataclasses.replace(spec, layer_template=None), tmp_path / "full")
+
+    # Every base layer, and Hydra++'s context layer (same class and shapes), was one opaque call.
+    assert inlined == [base.config.num_hidden_layers + (1 if heads.has_context_layer else 0)]
+    assert not any(node.domain == layer_stamp.DOMAIN for node in stamped.graph.node)
+    assert layer_stamp.DOMAIN not in {opset.domain for opset in stamped.opset_import}
+    # The per-layer size arithmetic merged: no more nodes than the full trace.
+    assert len(stamped.graph.node) <= len(full.graph.node)
+    assert [i.name for i in stamped.graph.input] == [i.name for i in full.graph.input]
+
+    sessions = _session(tmp_path / "stamped" / "engine.onnx"), _session(tmp_path / "full" / "engine.onnx")
+    kv = spec.sample_inputs[-1].shape[2:]
+    past = {name: np.zeros((1, 0, *kv), np.float32) for name in spec.input_names if name.startswith("past_key")}
+    for case, host in engine_cases([5, 9, 33, 7, 12], tree.num_nodes).items():
+        outputs = [dict(zip([o.name for o in s.get_outputs()], s.run(None, host | past))) for s in sessions]
+        for name, expected in outputs[1].items():
+            if expected.dtype.kind == "f":
+                np.testing.assert_allclose(outputs[0][name], expected, atol=1e-5, err_msg=f"{case}: {name}")
+            else:
+                np.testing.assert_array_equal(outputs[0][name], expected, err_msg=f"{case}: {name}")
+
+
+def test_only_layers_like_the_template_become_opaque_calls(llama, qwen2):
+    """A layer of another signature runs (and would be traced) in full; a matching one becomes the
+    opaque operator, which refuses to run outside a trace."""
+    shape = (4, 2, 16)
+    template = layer_stamp.LayerTemplate(llama.decoder.layers[0], shape)
+    t = 3
+    x = torch.randn(t, 64)
+    rotary = (torch.randn(t, 1, 16), torch.randn(t, 1, 16))
+    past = torch.zeros(1, 0, 2, 16)
+    bias = torch.zeros(t, t)
+    other = qwen2.decoder.layers[0]  # q/k/v biases: another parameter signature
+    with torch.no_grad():
+        got = template.call(other, x, rotary, past, past, bias, *shape)
+        want = decoder_layer(other, x, rotary, past, past, bias, *shape)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(RuntimeError, match="only stands for a layer"):
+        template.call(llama.decoder.layers[1], x, rotary, past, past, bias, *shape)
+
+
+def test_stamped_artifact_engine_has_no_opaque_nodes(artifacts):
+    model = onnx.load(str(artifacts("llama", "hydra++") / "engine.onnx"), load_external_data=False)
+    assert {node.domain for node in model.graph.node} <= {"", "ai.onnx"}
