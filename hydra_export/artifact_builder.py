@@ -34,6 +34,7 @@ from .base_model import BaseModel
 from .errors import HydraExportError
 from .heads import DraftHeads
 from .heads.checkpoint import save_heads
+from .heads.in_artifact import engine_held_tensors, write_index
 from .tensorrt_build import TensorRTOptions
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -115,7 +116,9 @@ def build_artifact(
         model = export_graph(spec, staging, progress=lambda done, total: report("write weights", done, total))
         report("write tokenizer, heads and manifest")
         base.tokenizer.save_pretrained(staging)
-        save_heads(heads, staging / HEADS_SUBDIR, dtype=_lossless_storage_dtype(heads))
+        held = engine_held_tensors(heads, spec.module, model)  # stored once, in the engine's weights
+        save_heads(heads, staging / HEADS_SUBDIR, dtype=_lossless_storage_dtype(heads), stored_elsewhere=frozenset(held))
+        write_index(staging / HEADS_SUBDIR, engine_file=f"{spec.name}.onnx", index=held)
         manifest = _manifest(base, heads, tree, options, spec, model)
         if options.target == "tensorrt":
             from .tensorrt_build import build_plan

@@ -227,3 +227,63 @@ def test_draft_candidates_come_from_the_draft_vocabulary(tmp_path, llama):
     save_heads(heads, tmp_path / "heads", dtype=torch.float16)
     loaded = load_heads(tmp_path / "heads", llama.config)
     assert torch.equal(loaded.draft_vocab, heads.draft_vocab) and loaded.draft_vocab.dtype == torch.int64
+
+
+def _artifact_copy(artifacts, tmp_path, kind="hydra++"):
+    import shutil
+
+    target = tmp_path / "artifact"
+    shutil.copytree(artifacts("llama", kind), target)
+    return target
+
+
+@pytest.mark.parametrize("kind", ["hydra++", "medusa"])
+def test_artifact_heads_are_stored_once_and_load_whole(artifacts, llama, kind):
+    """The engine holds the heads it drafts with; the artifact's heads/ keeps only the rest,
+    and loading joins the two into the heads the artifact was built from."""
+    import json
+
+    from conftest import random_heads
+    from hydra_export.heads.checkpoint import unique_tensors
+    from hydra_export.heads.in_artifact import INDEX_FILE
+    from safetensors import safe_open
+
+    artifact = artifacts("llama", kind)
+    index = json.loads((artifact / "heads" / INDEX_FILE).read_text())["tensors"]
+    with safe_open(str(artifact / "heads" / "heads.safetensors"), "pt") as handle:
+        kept = set(handle.keys())
+    original = unique_tensors(random_heads(llama, kind))  # what the artifacts fixture built from
+    assert "mlps.0.0.linear.weight" in index and not kept & set(index)
+    assert kept | set(index) == set(original)
+    loaded = unique_tensors(load_heads(artifact / "heads", llama.config))
+    for name, tensor in original.items():
+        assert torch.equal(loaded[name].to(tensor.dtype), tensor), name
+
+
+def test_hostile_artifact_heads_index_is_refused(artifacts, llama, tmp_path):
+    import json
+
+    from hydra_export.heads.in_artifact import INDEX_FILE
+    from hydra_runtime import ArtifactError
+
+    artifact = _artifact_copy(artifacts, tmp_path)
+    path = artifact / "heads" / INDEX_FILE
+    good = json.loads(path.read_text())
+    cases = [
+        ({**good, "engine": "../engine.onnx"}, ArtifactError, "not a path inside the artifact"),
+        ({**good, "tensors": {"mlps.0.0.linear.weight": "no_such_initializer"}}, HeadsCheckpointError,
+         "the engine lacks"),
+        ({**good, "tensors": {"mlps.0.0.linear.weight": good["tensors"]["mlps.1.0.linear.weight"]}},
+         HeadsCheckpointError, "is not the heads'"),
+        ({"tensors": []}, HeadsCheckpointError, "malformed"),
+    ]
+    for index, error, message in cases:
+        path.write_text(json.dumps(index))
+        with pytest.raises(error, match=message):
+            load_heads(artifact / "heads", llama.config)
+    # A weights file cut short: the initializer's bytes are no longer there.
+    path.write_text(json.dumps(good))
+    weights = artifact / "weights.bin"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(HeadsCheckpointError, match="do not hold"):
+        load_heads(artifact / "heads", llama.config)

@@ -60,14 +60,16 @@ def load_tensors_strict(module: torch.nn.Module, tensors: dict[str, torch.Tensor
             target.copy_(tensors[name].to(target.dtype))
 
 
-def save_heads(heads: DraftHeads, out_dir: Path, dtype: torch.dtype | None = None) -> None:
+def save_heads(heads: DraftHeads, out_dir: Path, dtype: torch.dtype | None = None,
+               stored_elsewhere: frozenset[str] = frozenset()) -> None:
     """Write the two heads files into ``out_dir``, each atomically (written beside, then renamed),
-    the config last. Other files there (a tree.json, a training log) are left as they are."""
+    the config last. Other files there (a tree.json, a training log) are left as they are.
+    Tensors named in ``stored_elsewhere`` are left out (an artifact's engine holds them: in_artifact)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {
         name: (t.detach().to(dtype) if dtype is not None and t.is_floating_point() else t.detach()).contiguous()
-        for name, t in unique_tensors(heads).items()
+        for name, t in unique_tensors(heads).items() if name not in stored_elsewhere
     }
     _replace_file(out_dir / WEIGHTS_FILE, lambda partial: save_file(tensors, str(partial)))
     config = json.dumps(heads.config.to_dict(), indent=2) + "\n"
@@ -99,5 +101,10 @@ def load_native_heads(heads_dir: Path, base_config) -> DraftHeads:
     weights = heads_dir / WEIGHTS_FILE
     if not weights.is_file():
         raise HeadsCheckpointError(f"{weights} not found next to {CONFIG_FILE}")
-    load_tensors_strict(heads, load_file(str(weights)), str(weights))
+    tensors = load_file(str(weights))
+    from .in_artifact import INDEX_FILE, read_engine_tensors
+
+    if (heads_dir / INDEX_FILE).is_file():  # an artifact's heads: the rest are in its engine
+        tensors |= read_engine_tensors(heads_dir, unique_tensors(heads))
+    load_tensors_strict(heads, tensors, str(weights))
     return heads
