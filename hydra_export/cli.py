@@ -190,7 +190,7 @@ def build(
 
         base = load_base_model(model, dtype=DTYPES[options.resolved_dtype])  # no second copy to convert
         advance("load heads")
-        draft_heads = load_heads(heads_dir, base.config)
+        draft_heads = load_heads(heads_dir, base.config).to(DTYPES[options.resolved_dtype])  # in place, as the base
         tree = tree or default_tree(heads_dir)
         options = dataclasses.replace(options, tree_name=str(tree))
         tree_buffers = TreeBuffers.from_spec(tree, num_heads=draft_heads.config.num_heads, copy_nodes=copy_nodes,

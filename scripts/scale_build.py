@@ -2,7 +2,7 @@
 
     python3 scripts/scale_build.py tinyllama-1.1b --dtype fp16 -o /tmp/scale      # one shape
     python3 scripts/scale_build.py llama-2-7b --dtype fp16 -o /tmp/scale --keep   # keep the artifact
-    python3 scripts/scale_build.py tinyllama-1.1b -o /tmp/scale --save-hf /tmp/tl   # the same model for other tools
+    python3 scripts/scale_build.py tinyllama-1.1b -o /tmp/scale --save-hf /tmp/tl   # model + heads for the CLI, other tools
 
 Nothing is downloaded: the model is made from its config with random weights (created on
 the meta device, then materialised once in the target dtype), with random Hydra++ heads.
@@ -101,9 +101,12 @@ def main() -> None:
     made = time.perf_counter()
     rss_after_model = peak_rss_bytes()
     if args.save_hf:
+        from hydra_export.heads.checkpoint import save_heads
+
         model.save_pretrained(args.save_hf)
         word_tokenizer().save_pretrained(args.save_hf)
-        print(json.dumps({"saved": str(args.save_hf), "weight_bytes": weight_bytes}))
+        save_heads(heads, args.save_hf / "hydra++-heads")  # for `hydra-export build --model DIR --heads DIR/hydra++-heads`
+        print(json.dumps({"saved": str(args.save_hf), "weight_bytes": weight_bytes, "head_bytes": head_bytes}))
         return
     out = args.output / f"{args.shape}-{args.dtype}"
     build_artifact(wrap_model(model, word_tokenizer(), name=args.shape), heads, TreeBuffers.from_name(args.tree),
