@@ -108,8 +108,8 @@ def _sequences_for(base: BaseModel, recipe: TrainRecipe, records: list[dict], re
                     outputs = [tokenizer.encode(records[i]["output"], add_special_tokens=False) + [eos] for i in batch]
                     hiddens = [None] * len(batch)
                 else:
-                    outputs, hiddens = generate_greedy(base, [prompts[i] for i in batch], recipe.max_new_tokens, eos,
-                                                       with_hidden=True)
+                    outputs, hiddens = generate_greedy_with_hidden(base, [prompts[i] for i in batch],
+                                                                   recipe.max_new_tokens, eos)
                 for index, response, hidden in zip(batch, outputs, hiddens):
                     prompt = prompts[index]
                     entry = {"index": index, "prompt_ids": prompt, "response_ids": response[: recipe.max_seq_len - len(prompt)]}
@@ -137,33 +137,19 @@ def _with_hidden_file(entry: dict, hidden_file: Path) -> dict:
     return {**entry, "hidden_file": str(hidden_file)} if "hidden_row" in entry else entry
 
 
-def generate_greedy(base: BaseModel, prompts: list[list[int]], max_new_tokens: int, eos: int,
-                    with_hidden: bool = False):
-    """Greedy, batched with left padding; each response is cut after its first EOS.
+def generate_greedy(base: BaseModel, prompts: list[list[int]], max_new_tokens: int, eos: int) -> list[list[int]]:
+    """Greedy, batched with left padding; each response is cut after its first EOS."""
+    responses, _ = _generate(base, prompts, max_new_tokens, eos, keep_hidden=False)
+    return responses
 
-    With ``with_hidden``, also each sequence's final-normed base hidden states [len(prompt) +
+
+def generate_greedy_with_hidden(base: BaseModel, prompts: list[list[int]], max_new_tokens: int,
+                                eos: int) -> tuple[list[list[int]], list[torch.Tensor]]:
+    """generate_greedy, plus each sequence's final-normed base hidden states [len(prompt) +
     len(response), H] as generation computed them (the last response token, never fed back, gets
     zeros: no head trains on it)."""
+    responses, calls = _generate(base, prompts, max_new_tokens, eos, keep_hidden=True)
     width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), eos, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt) :] = torch.tensor(prompt)
-        mask[row, width - len(prompt) :] = 1
-    calls: list[torch.Tensor] = []  # [B, width, H] at prefill, then [B, 1, H] per generated token fed back
-    hook = base.decoder.norm.register_forward_hook(lambda module, args, output: calls.append(output.detach())) \
-        if with_hidden else None
-    try:
-        out = base.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                  eos_token_id=eos, pad_token_id=eos)[:, width:]
-    finally:
-        if hook is not None:
-            hook.remove()
-    responses = []
-    for row in out.tolist():
-        responses.append(row[: row.index(eos) + 1] if eos in row else row)
-    if not with_hidden:
-        return responses
     steps = torch.cat(calls[1:], dim=1) if len(calls) > 1 else calls[0][:, :0]  # [B, new - 1, H]
     hiddens = []
     for row, (prompt, response) in enumerate(zip(prompts, responses)):
@@ -171,6 +157,29 @@ def generate_greedy(base: BaseModel, prompts: list[list[int]], max_new_tokens: i
         last = torch.zeros(1, fed.shape[-1], dtype=fed.dtype)
         hiddens.append(torch.cat([calls[0][row, width - len(prompt) :], fed, last]))
     return responses, hiddens
+
+
+def _generate(base: BaseModel, prompts: list[list[int]], max_new_tokens: int, eos: int,
+              keep_hidden: bool) -> tuple[list[list[int]], list[torch.Tensor]]:
+    """Responses, and with ``keep_hidden`` the final norm's outputs per forward call: [B, width, H]
+    at prefill, then [B, 1, H] per generated token fed back."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), eos, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) :] = torch.tensor(prompt)
+        mask[row, width - len(prompt) :] = 1
+    calls: list[torch.Tensor] = []
+    hook = base.decoder.norm.register_forward_hook(lambda module, args, output: calls.append(output.detach())) \
+        if keep_hidden else None
+    try:
+        out = base.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                  eos_token_id=eos, pad_token_id=eos)[:, width:]
+    finally:
+        if hook is not None:
+            hook.remove()
+    responses = [row[: row.index(eos) + 1] if eos in row else row for row in out.tolist()]
+    return responses, calls
 
 
 @dataclass
