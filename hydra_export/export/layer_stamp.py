@@ -172,14 +172,15 @@ def stamped_layers(engine: nn.Module, template: LayerTemplate):
             module.call_layer = call
 
 
-def inline_layers(model, function) -> int:
-    """Inline ``function`` at every opaque layer call of ``model`` (an onnx_ir Model); returns
-    how many calls were inlined."""
+def inline_layers(model, template: LayerTemplate, opset: int) -> int:
+    """Trace ``template`` and inline it at every opaque layer call of ``model`` (an onnx_ir
+    Model); returns how many calls were inlined (none: nothing is traced)."""
     from onnx_ir.passes import common
 
     calls = sum(1 for node in model.graph if node.domain == DOMAIN)
     if not calls:
         return 0
+    function = template.trace(opset)
     model.functions[function.identifier()] = function
     model.opset_imports.setdefault(DOMAIN, 1)
     common.InlinePass()(model)

@@ -58,7 +58,7 @@ def export_graph(spec: GraphSpec, out_dir: Path, progress=None) -> onnx.ModelPro
                 custom_translation_table=TRANSLATION_TABLE if template else None,
             )
             if template:
-                inline_layers(program.model, template.trace(OPSET))
+                inline_layers(program.model, template, OPSET)
         except Exception as error:  # the exporter raises many types; name the graph and re-raise typed
             raise HydraExportError(f"tracing the {spec.name} graph failed: {error}") from error
     path = Path(out_dir) / f"{spec.name}.onnx"
