@@ -276,6 +276,7 @@ def test_hostile_artifact_heads_index_is_refused(artifacts, llama, tmp_path):
         ({**good, "tensors": {"mlps.0.0.linear.weight": good["tensors"]["mlps.1.0.linear.weight"]}},
          HeadsCheckpointError, "is not the heads'"),
         ({"tensors": []}, HeadsCheckpointError, "malformed"),
+        ({**good, "tensors": {"mlps.0.0.linear.weight": ["a list"]}}, HeadsCheckpointError, "malformed"),
     ]
     for index, error, message in cases:
         path.write_text(json.dumps(index))

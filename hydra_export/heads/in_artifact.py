@@ -65,6 +65,8 @@ def read_engine_tensors(heads_dir: Path, expected: dict[str, torch.Tensor]) -> d
     try:
         index = json.loads((heads_dir / INDEX_FILE).read_text())
         engine_file, names = index["engine"], dict(index["tensors"])
+        if not isinstance(engine_file, str) or not all(isinstance(v, str) for v in (*names, *names.values())):
+            raise TypeError("names must be strings")
     except (ValueError, KeyError, TypeError) as error:
         raise HeadsCheckpointError(f"{heads_dir / INDEX_FILE} is malformed ({error}); rebuild the artifact") from None
     engine = onnx.load(str(inside_artifact(artifact, engine_file)), load_external_data=False)
