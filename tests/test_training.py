@@ -70,6 +70,14 @@ def test_self_distillation_and_resume(tmp_path, tiny_base):
     assert summary["steps"] == first.train(resume=True)["steps"]
 
 
+def test_corpus_answers_keep_no_hidden_state_file(tmp_path, tiny_base):
+    recipe = recipe_for(tmp_path, "medusa", responses="corpus", loss="ce")
+    _, _, _, sequences = Trainer(recipe, base=tiny_base).prepare_data()
+    assert len(sequences) == 12 and not any("hidden_file" in entry for entry in sequences)
+    assert (recipe.cache_path / "sequences-corpus.jsonl").is_file()
+    assert not list(recipe.cache_path.glob("*.hidden.f16"))  # nothing generated, nothing stored
+
+
 def test_self_distilled_sequences_keep_the_hidden_states_generation_computed(tmp_path, tiny_base):
     import numpy as np
     import torch

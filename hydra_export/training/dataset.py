@@ -8,6 +8,7 @@ memmap so epochs never re-run the base model.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,21 +91,23 @@ def _sequences_for(base: BaseModel, recipe: TrainRecipe, records: list[dict], re
             entry = json.loads(line)
             done[entry["index"]] = entry
     hidden_rows = max((_stored_rows(entry) for entry in done.values()), default=0)
-    with open(hidden_file, "ab") as stored:
-        stored.truncate(hidden_rows * base.config.hidden_size * 2)  # rows past the last entry: an interrupted batch
+    generating = responses != "corpus"  # corpus answers have no hidden states to keep
+    if generating:
+        with open(hidden_file, "ab") as stored:
+            stored.truncate(hidden_rows * base.config.hidden_size * 2)  # rows past the last entry: an interrupted batch
     advance(len(done))
     tokenizer = base.tokenizer
     eos = tokenizer.eos_token_id
     todo = [i for i in range(len(records)) if i not in done]
     batch_size, window = recipe.generation_batch_size, recipe.generation_batch_size * GENERATION_WINDOW
-    with open(out_file, "a") as sink, open(hidden_file, "ab") as stored:
+    with open(out_file, "a") as sink, open(hidden_file, "ab") if generating else contextlib.nullcontext() as stored:
         for window_start in range(0, len(todo), window):
             prompts = {i: encode_prompt(base, records[i], recipe.max_seq_len // 2)
                        for i in todo[window_start : window_start + window]}
             by_length = sorted(prompts, key=lambda i: len(prompts[i]))
             for start in range(0, len(by_length), batch_size):
                 batch = by_length[start : start + batch_size]
-                if responses == "corpus":
+                if not generating:
                     outputs = [tokenizer.encode(records[i]["output"], add_special_tokens=False) + [eos] for i in batch]
                     hiddens = [None] * len(batch)
                 else:
@@ -119,7 +122,8 @@ def _sequences_for(base: BaseModel, recipe: TrainRecipe, records: list[dict], re
                         entry["hidden_row"] = hidden_rows
                         hidden_rows += rows
                     done[index] = entry
-                stored.flush()
+                if generating:
+                    stored.flush()
                 for index in batch:  # entries only after their rows are on disk
                     sink.write(json.dumps(done[index]) + "\n")
                 sink.flush()
