@@ -83,8 +83,7 @@ class LayerTemplate:
         self.layer = layer
         self.layer_class = type(layer)  # now: torch.export traces modules through subclasses of their classes
         self.shape = shape
-        self.signature = _signature(layer)
-        self.parameter_names = [name for name, _ in layer.named_parameters()]
+        self.signature = _signature(layer)  # (name, shape, dtype) per parameter
 
     def call(self, layer, x, rotary, past_key, past_value, bias, num_heads, num_kv_heads, head_dim):
         """decoder_layer's signature; an opaque call where ``layer`` matches the template."""
@@ -104,7 +103,7 @@ class LayerTemplate:
         import onnx_ir as ir
 
         function_module = _LayerWithWeightInputs(self)
-        num_heads, kv, d = self.shape
+        _, kv, d = self.shape
         dtype = next(self.layer.parameters()).dtype
         hidden = self.layer.input_layernorm.weight.shape[0]
         t, p = SAMPLE_TOKENS, SAMPLE_PAST
@@ -116,7 +115,7 @@ class LayerTemplate:
                    *(parameter.detach() for parameter in self.layer.parameters()))
         past = {1: torch.export.Dim.AUTO}  # length - tokens: inferred, not declarable
         shapes = ({0: tokens}, {0: tokens}, {0: tokens, 1: length}, {0: tokens}, past, past,
-                  tuple({} for _ in self.parameter_names))  # {}: a tuple of Nones is not matched
+                  tuple({} for _ in self.signature))  # {}: a tuple of Nones is not matched
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(function_module, samples, dynamo=True, dynamic_shapes=shapes,
@@ -150,7 +149,7 @@ class _LayerWithWeightInputs(nn.Module):
     def __init__(self, template: LayerTemplate):
         super().__init__()
         self._body = [_LayerBody(template)]  # not a submodule: its parameters must not become initializers
-        self.names = [f"layer.{name}" for name in template.parameter_names]
+        self.names = [f"layer.{name}" for name, _, _ in template.signature]
 
     def forward(self, cos, sin, bias, x, past_key, past_value, *weights):
         return torch.func.functional_call(self._body[0], dict(zip(self.names, weights)),

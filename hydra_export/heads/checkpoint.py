@@ -101,9 +101,9 @@ def load_native_heads(heads_dir: Path, base_config) -> DraftHeads:
     weights = heads_dir / WEIGHTS_FILE
     if not weights.is_file():
         raise HeadsCheckpointError(f"{weights} not found next to {CONFIG_FILE}")
-    tensors = load_file(str(weights))
-    from .in_artifact import INDEX_FILE, read_engine_tensors
+    from .in_artifact import INDEX_FILE, read_engine_tensors  # here: in_artifact builds on this module
 
+    tensors = load_file(str(weights))
     if (heads_dir / INDEX_FILE).is_file():  # an artifact's heads: the rest are in its engine
         tensors |= read_engine_tensors(heads_dir, unique_tensors(heads))
     load_tensors_strict(heads, tensors, str(weights))

@@ -17,14 +17,19 @@ import os
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
+from onnx.external_data_helper import ExternalDataInfo
 from torch import nn
+
+from hydra_runtime.manifest import inside_artifact
 
 from ..errors import HeadsCheckpointError
 from .checkpoint import unique_tensors
 
 INDEX_FILE = "engine_tensors.json"
-_ONNX_DTYPES = {1: torch.float32, 10: torch.float16, 16: torch.bfloat16}  # TensorProto FLOAT, FLOAT16, BFLOAT16
+_ONNX_DTYPES = {onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.FLOAT16: torch.float16,
+                onnx.TensorProto.BFLOAT16: torch.bfloat16}
 _NUMPY_BITS = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.uint16}
 
 
@@ -56,10 +61,6 @@ def write_index(heads_dir: Path, engine_file: str, index: dict[str, str]) -> Non
 def read_engine_tensors(heads_dir: Path, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The tensors ``heads_dir``'s index names, read from the engine's weights file; ``expected``
     (the heads module's own tensors by name) gives each one's dtype and shape."""
-    import onnx
-
-    from hydra_runtime.manifest import inside_artifact
-
     heads_dir = Path(heads_dir)
     artifact = heads_dir.parent
     try:
@@ -84,18 +85,21 @@ def read_engine_tensors(heads_dir: Path, expected: dict[str, torch.Tensor]) -> d
 
 
 def _read_external(artifact: Path, init, target: torch.Tensor, name: str) -> torch.Tensor:
-    from hydra_runtime.manifest import inside_artifact
-
-    info = {entry.key: entry.value for entry in init.external_data}
     dtype = _ONNX_DTYPES.get(init.data_type)
-    if dtype != target.dtype or tuple(init.dims) != tuple(target.shape) or "location" not in info:
+    external = init.data_location == onnx.TensorProto.EXTERNAL
+    if dtype != target.dtype or tuple(init.dims) != tuple(target.shape) or not external:
         raise HeadsCheckpointError(f"engine initializer {init.name!r} is not the heads' {name} "
-                                   f"({dtype}, {tuple(init.dims)} vs {target.dtype}, {tuple(target.shape)})")
-    path = inside_artifact(artifact, info["location"])
-    offset, length = int(info.get("offset", 0)), int(info.get("length", -1))
+                                   f"({dtype}, {tuple(init.dims)} vs {target.dtype}, {tuple(target.shape)}); "
+                                   "rebuild the artifact")
+    try:
+        info = ExternalDataInfo(init)
+    except ValueError as error:  # a negative or non-numeric offset or length
+        raise HeadsCheckpointError(f"engine initializer {init.name!r}: {error}; rebuild the artifact") from None
+    path = inside_artifact(artifact, info.location)
+    offset, length = info.offset or 0, info.length or -1
     count = target.numel()
     if length != count * target.element_size() or offset < 0 or offset + length > os.path.getsize(path):
         raise HeadsCheckpointError(f"engine initializer {init.name!r} claims bytes {offset}+{length} of "
-                                   f"{info['location']}, which do not hold {name}; rebuild the artifact")
+                                   f"{info.location}, which do not hold {name}; rebuild the artifact")
     bits = np.fromfile(path, dtype=_NUMPY_BITS[dtype], count=count, offset=offset)
     return torch.from_numpy(bits).view(dtype).reshape(target.shape)
