@@ -279,9 +279,14 @@ def tree_search(
     copy: Annotated[str, typer.Option(help="Comma-separated copy-chain lengths to try in each budget.")] = "0,4,6,8",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the best tree of each budget "
                                                    "here as OUTPUT-<nodes>.json (a --tree file for build).")] = None,
+    row_cost: Annotated[float, typer.Option(min=0.0, max=1.0, help="What one more verified row costs, as a fraction "
+                                            "of a one-token step (~0.07 for SmolLM2 on a 2-core CPU; near 0 on a "
+                                            "GPU). Above 0, the best split has the highest modelled speedup "
+                                            "instead of the longest accepted length.")] = 0.0,
 ):
-    """Find the drafted tree and copy chain with the longest accepted length for trained heads, by
-    replaying greedy decoding over the model's own answers (decode simulator); prints JSON."""
+    """Find the drafted tree and copy chain with the longest accepted length (or, with --row-cost, the
+    highest modelled speedup) for trained heads, by replaying greedy decoding over the model's own
+    answers (decode simulator); prints JSON."""
     from hydra_runtime.tree import MAX_COPY_NODES
 
     from .training.tree_planning import plan_trees
@@ -291,7 +296,7 @@ def tree_search(
     if any(length == 1 or length > MAX_COPY_NODES for length in copy_lengths):
         raise HydraExportError(f"--copy lengths must be 0 or 2..{MAX_COPY_NODES}, got {copy!r}")
     draft_heads, traces = _decode_traces(model, _heads_dir(heads, model), prompts, limit, max_new_tokens)
-    plan = plan_trees(traces, budgets, copy_lengths, draft_heads.config.num_heads)
+    plan = plan_trees(traces, budgets, copy_lengths, draft_heads.config.num_heads, row_cost)
     if output:
         for tree in plan["trees"]:
             best = tree["best"]
@@ -319,6 +324,7 @@ def simulate(
     run = replay(manifest.tree_buffers(), traces)
     stdout.print_json(json.dumps({"artifact": str(artifact), "prompts": str(prompts), "limit": limit,
                                   "simulated_accepted_length": round(run.mean_accepted_length, 4),
+                                  "mean_verified_rows": round(run.mean_verified_rows, 3),
                                   "steps": len(run.accepted_lengths), "copy_wins": run.copy_wins}))
 
 

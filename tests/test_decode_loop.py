@@ -145,17 +145,18 @@ def test_a_matching_copy_chain_is_accepted_in_full():
     stop = StopRule(max_new_tokens=40, eos_token_ids=frozenset(), max_seq_len=194, prompt_tokens=5)
     ids, stats = decode(backend, CYCLE + [7], stop, COPY_TREE)
     assert ids == autoregressive([7], 40)
-    assert backend.copies[0] == [] and backend.copies[1] == (CYCLE * 2)[2:8]  # lookup after "7 22", continued
-    assert set(stats.accepted_lengths) == {7}  # 6 copied tokens + the root's successor, every step
+    # After "7 22" (2 tokens agree): 4 nodes; from then on the copy agrees far back: the whole chain.
+    assert backend.copies[0] == [] and backend.copies[1] == (CYCLE * 2)[2:6]
+    assert stats.accepted_lengths[0] == 5 and set(stats.accepted_lengths[1:]) == {7}  # + the root's successor
 
 
 def test_the_copy_chain_is_rejected_when_the_history_misleads():
     backend = FakeBackend(COPY_TREE, capacity=200)
-    prompt = [22, 5, 5, 5, 7]  # the model says 22 17 ...; lookup proposes 5 5 5 7 22 5 after 22
-    stop = StopRule(max_new_tokens=30, eos_token_ids=frozenset(), max_seq_len=194, prompt_tokens=5)
+    prompt = [7, 22, 5, 5, 5, 7]  # the model says 22 17 ...; lookup proposes 5 5 5 7 after "7 22"
+    stop = StopRule(max_new_tokens=30, eos_token_ids=frozenset(), max_seq_len=194, prompt_tokens=6)
     ids, stats = decode(backend, prompt, stop, COPY_TREE)
     assert ids == autoregressive(prompt, 30)
-    assert backend.copies[1] == [5, 5, 5, 7, 22, 5]
+    assert backend.copies[1] == [5, 5, 5, 7]
     assert stats.accepted_lengths[0] == 3  # the heads' two right drafts + the root's successor, not the chain
 
 

@@ -40,6 +40,9 @@ def test_a_copy_only_trace_by_hand():
     trace = DecodeTrace(np.array([1, 2, 3, 1, 2]), np.array([3, 1, 2, 3, 1, 2, 3]), np.full((7, 2), -1, np.int16))
     run = simulate(TreeBuffers.from_choices([[0], [0, 0]], copy_nodes=4), [trace])
     assert run.accepted_lengths == (5, 1) and run.copy_wins == 1  # 4 copied + the root's successor; then the end
+    assert run.verified_rows == (7, 7)  # 3 drafted nodes + the whole chain: "1 2 3" agrees 3 tokens back
+    # 6 tokens in 2 steps of 7 rows, a row costing 10% of a one-token step: 6 / (2 * 1.6).
+    assert run.modelled_speedup(0.1) == pytest.approx(6 / 3.2) and run.modelled_speedup(0.0) == 3.0
     heads_only = simulate(TreeBuffers.from_choices([[0], [0, 0]]), [trace])
     assert heads_only.accepted_lengths == (1,) * 6
 
@@ -60,3 +63,14 @@ def test_search_splits_each_budget_between_heads_and_chain():
     assert [c["copy_nodes"] for c in result["candidates"]] == [0, 4]
     assert result["best"]["simulated_accepted_length"] == max(c["simulated_accepted_length"]
                                                              for c in result["candidates"])
+
+
+
+def test_where_rows_cost_the_search_prefers_the_cheaper_split():
+    # Heads always right, nothing to copy: 6 drafted nodes accept the most, but a chain that finds
+    # no match sends no rows, so 2 drafted nodes + the (empty) chain verify far fewer.
+    trace = DecodeTrace(np.array([1, 2, 3]), np.arange(4, 40), np.zeros((36, 2), np.int16))
+    [free] = search_trees([trace], budgets=[6], copy_lengths=[0, 4], max_rank=MAX_RANK)
+    [priced] = search_trees([trace], budgets=[6], copy_lengths=[0, 4], max_rank=MAX_RANK, row_cost=0.5)
+    assert free["best"]["copy_nodes"] == 0 and priced["best"]["copy_nodes"] == 4
+    assert [c["mean_verified_rows"] for c in priced["candidates"]] == [6, 2]

@@ -22,7 +22,7 @@ from hydra_runtime.acceptance import (
     typical_node_ok,
     typical_thresholds,
 )
-from hydra_runtime.copy_drafts import PromptLookup
+from hydra_runtime.copy_drafts import CopyDrafts
 from hydra_runtime.decode_loop import nodes_that_fit
 from hydra_runtime.errors import GenerationInputError
 from hydra_runtime.sampling import SamplingConfig, inverse_cdf
@@ -125,7 +125,7 @@ class ReferenceDecoder:
         result = ReferenceResult(tokens=[])
         past = prompt_length  # cached positions; the root is emitted but not yet cached
         pending = [root]
-        lookup = PromptLookup(tree.copy_nodes, input_ids)
+        lookup = CopyDrafts(tree.copy_nodes, input_ids)
         while True:
             lookup.extend(pending)
             for token in pending:

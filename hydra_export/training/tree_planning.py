@@ -43,8 +43,10 @@ def _counter(stage: str, total: int, progress: Callable[[str, int, int], None]) 
     return advance
 
 
-def plan_trees(traces: list[DecodeTrace], budgets: list[int], copy_lengths: list[int], num_heads: int) -> dict:
-    """The best tree of each budget, and each preset (no chain, and with each chain length) for comparison."""
+def plan_trees(traces: list[DecodeTrace], budgets: list[int], copy_lengths: list[int], num_heads: int,
+               row_cost: float = 0.0) -> dict:
+    """The best tree of each budget (see search_trees), and each preset (no chain, and with each
+    chain length) for comparison."""
     presets = {}
     for name, choices in TREE_PRESETS.items():
         if max(len(c) for c in choices) > num_heads or max(max(c) for c in choices) >= MAX_RANK:
@@ -53,4 +55,5 @@ def plan_trees(traces: list[DecodeTrace], budgets: list[int], copy_lengths: list
                                           .mean_accepted_length, 4) for copy in sorted({0, *copy_lengths})}
     answer_tokens = sum(len(trace.response_ids) for trace in traces)
     return {"prompts": len(traces), "answer_tokens": answer_tokens,
-            "trees": search_trees(traces, budgets, copy_lengths, MAX_RANK), "presets": presets}
+            "row_cost": row_cost, "trees": search_trees(traces, budgets, copy_lengths, MAX_RANK, row_cost),
+            "presets": presets}

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .backends.decode_backend import DecodeBackend
-from .copy_drafts import PromptLookup
+from .copy_drafts import CopyDrafts
 from .engine import ACCEPTED_COUNT, ACCEPTED_NODES, COPY_TOKENS, INPUT_IDS, NEXT_TREE_TOKENS, TREE_TOKENS
 from .sampling import SamplingConfig
 from .tree import TreeBuffers
@@ -91,8 +91,8 @@ def decode(
 
     The first call is the prefill: the prompt but its last token as causal tokens, the last
     token as the root of an N-node tree whose other nodes only size the first draft. Every
-    later call sends the tree the previous one drafted and the copy chain prompt lookup finds
-    in the history, both cut to the nodes whose positions fit in the context.
+    later call sends the tree the previous one drafted and the copy chain CopyDrafts proposes
+    from the history, both cut to the nodes whose positions fit in the context.
     ``speculative=False`` sends one-node trees and no chain: autoregressive decoding on the same
     engine, with no head run. ``controls()`` gives the sampling inputs of each call.
     ``tree``: the artifact's tree (the engine's).
@@ -103,7 +103,7 @@ def decode(
     depths = tree.drafted_depths  # [N]
     drafts = np.full(tree.num_nodes if speculative else 1, prompt_ids[-1], dtype=np.int64)  # [n]
     copy = NO_COPY  # [c]: nothing to verify at prefill
-    lookup = PromptLookup(tree.copy_nodes, prompt_ids) if speculative and tree.copy_nodes else None
+    lookup = CopyDrafts(tree.copy_nodes, prompt_ids) if speculative and tree.copy_nodes else None
     generated: list[int] = []
 
     def emit(tokens: Iterable[int]) -> bool:

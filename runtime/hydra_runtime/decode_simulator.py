@@ -7,7 +7,7 @@ root is s[t+1]) accepts, exactly:
 - along the drafted tree, the longest path (r1, ..., ra) of the tree's choices where r_j is
   the rank of the true token s[t+1+j] among head j-1's candidates, given the true path before
   it (what teacher forcing measures: ``DecodeTrace.ranks``);
-- along the copy chain, the leading tokens of the prompt lookup's proposal that equal
+- along the copy chain, the leading tokens of the chain CopyDrafts sends that equal
   s[t+2], s[t+3], ...;
 
 and emits 1 + the longer of the two. So one pass of the base model and the heads over a
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .copy_drafts import PromptLookup
+from .copy_drafts import NODES_PER_AGREED_TOKEN, CopyDrafts
 from .tree import TreeBuffers
 
 
@@ -44,22 +44,37 @@ class DecodeTrace:
 @dataclass(frozen=True)
 class SimulatedRun:
     accepted_lengths: tuple[int, ...]  # tokens emitted per step, every trace's steps in order
+    verified_rows: tuple[int, ...]  # rows each step verified: the drafted nodes + the chain sent
     copy_wins: int  # steps where the copy chain accepted more than the drafted tree
 
     @property
     def mean_accepted_length(self) -> float:
         return float(np.mean(self.accepted_lengths)) if self.accepted_lengths else 0.0
 
+    @property
+    def mean_verified_rows(self) -> float:
+        return float(np.mean(self.verified_rows)) if self.verified_rows else 0.0
 
-def simulate(tree: TreeBuffers, traces: list[DecodeTrace]) -> SimulatedRun:
-    """Greedy tree decoding with ``tree`` (its copy chain included) replayed over ``traces``."""
+    def modelled_speedup(self, row_cost: float) -> float:
+        """Tokens per unit of time over autoregressive decoding, when a step costs
+        1 + row_cost * (rows - 1) one-token steps (``row_cost``: what one more verified row costs,
+        as a fraction of a one-token step; measured per engine and machine)."""
+        cost = len(self.verified_rows) + row_cost * (sum(self.verified_rows) - len(self.verified_rows))
+        return sum(self.accepted_lengths) / cost if cost else 0.0
+
+
+def simulate(tree: TreeBuffers, traces: list[DecodeTrace],
+             nodes_per_agreed_token: int = NODES_PER_AGREED_TOKEN) -> SimulatedRun:
+    """Greedy tree decoding with ``tree`` (its copy chain included, sent as CopyDrafts would with
+    ``nodes_per_agreed_token``) replayed over ``traces``."""
     choices = set(tree.choices)
     lengths: list[int] = []
+    rows: list[int] = []
     copy_wins = 0
     for trace in traces:
         sequence = np.concatenate([trace.prompt_ids, trace.response_ids]).tolist()
         start = len(trace.prompt_ids) - 1  # the prefill's context position; its root is the first response token
-        lookup = PromptLookup(tree.copy_nodes, sequence[: start + 2]) if tree.copy_nodes else None
+        lookup = CopyDrafts(tree.copy_nodes, sequence[: start + 2], nodes_per_agreed_token) if tree.copy_nodes else None
         t = start
         while t + 2 < len(sequence):  # a step needs a token after its root
             ranks = trace.ranks[t - start]
@@ -67,12 +82,13 @@ def simulate(tree: TreeBuffers, traces: list[DecodeTrace]) -> SimulatedRun:
             while drafted < tree.max_depth and ranks[drafted] >= 0 and \
                     tuple(int(r) for r in ranks[: drafted + 1]) in choices:
                 drafted += 1
+            chain = lookup.propose() if lookup is not None else ()
+            rows.append(tree.num_nodes + len(chain))
             copied = 0
-            if lookup is not None:
-                for token in lookup.propose():
-                    if t + 2 + copied >= len(sequence) or token != sequence[t + 2 + copied]:
-                        break
-                    copied += 1
+            for token in chain:
+                if t + 2 + copied >= len(sequence) or token != sequence[t + 2 + copied]:
+                    break
+                copied += 1
             room = len(sequence) - t - 3  # the next root must be in the sequence
             accepted = min(max(drafted, copied), room)
             copy_wins += min(copied, room) > min(drafted, room)
@@ -80,4 +96,4 @@ def simulate(tree: TreeBuffers, traces: list[DecodeTrace]) -> SimulatedRun:
             if lookup is not None:
                 lookup.extend(sequence[t + 2 : t + 3 + accepted])  # the accepted drafts and the next root
             t += accepted + 1
-    return SimulatedRun(tuple(lengths), copy_wins)
+    return SimulatedRun(tuple(lengths), tuple(rows), copy_wins)

@@ -8,7 +8,8 @@ is never likelier than its parent, adding the likeliest frontier node each time 
 the best tree of every size (the construction Medusa uses for its sparse trees).
 
 With a copy chain in the budget, nodes compete with the chain, whose acceptance overlaps the
-heads' (both may propose the same token), so splits are scored by the decode simulator.
+heads' (both may propose the same token), so splits are scored by the decode simulator: by
+accepted length, or where verified rows are not free (a CPU) by the modelled speedup.
 """
 
 from __future__ import annotations
@@ -48,10 +49,11 @@ def rank_probs_from_traces(traces: list[DecodeTrace], max_rank: int) -> np.ndarr
 
 
 def search_trees(traces: list[DecodeTrace], budgets: list[int], copy_lengths: list[int],
-                 max_rank: int) -> list[dict]:
+                 max_rank: int, row_cost: float = 0.0) -> list[dict]:
     """For each budget of verified nodes (root included), the drafted tree and copy chain that
-    split it with the longest simulated accepted length: head trees grown from the traces'
-    rank statistics (grow_tree), every split scored by replaying the traces (simulate)."""
+    split it best: head trees grown from the traces' rank statistics (grow_tree), every split
+    scored by replaying the traces (simulate). Best = the longest accepted length, or with
+    ``row_cost`` > 0 the highest modelled speedup (``SimulatedRun.modelled_speedup``)."""
     rank_probs = rank_probs_from_traces(traces, max_rank)
     results = []
     for budget in budgets:
@@ -61,7 +63,10 @@ def search_trees(traces: list[DecodeTrace], budgets: list[int], copy_lengths: li
             run = simulate(TreeBuffers.from_choices(choices, copy_nodes=copy), traces)
             candidates.append({"copy_nodes": copy, "choices": [list(c) for c in choices],
                                "simulated_accepted_length": round(run.mean_accepted_length, 4),
+                               "mean_verified_rows": round(run.mean_verified_rows, 3),
+                               "modelled_speedup": round(run.modelled_speedup(row_cost), 4),
                                "copy_wins": run.copy_wins, "steps": len(run.accepted_lengths)})
-        best = max(candidates, key=lambda c: c["simulated_accepted_length"])
+        score = "modelled_speedup" if row_cost > 0 else "simulated_accepted_length"
+        best = max(candidates, key=lambda c: c[score])
         results.append({"nodes": budget, "best": best, "candidates": candidates})
     return results
