@@ -54,38 +54,50 @@ def attention_layer(
     num_heads: int,
     num_kv_heads: int,
     head_dim: int,
+    query: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One attention block of a Llama-like decoder layer (pre-norm, residual added).
 
-    x [T, H]; past_key/value [1, P, kv, d]; bias [T, P + T] additive.
-    Returns x [T, H] and this block's new key/value [1, T, kv, d].
+    x [T, H]; past_key/value [1, P, kv, d]. Every row of x gets its key/value; the queries are
+    x's own rows, or ``query`` = (rows [Q, H], their rotary) when only those outputs are needed.
+    bias [Q, P + T] additive (Q = T by default).
+    Returns the query rows [Q, H] and this block's new key/value [1, T, kv, d].
     """
     attn = layer.self_attn
     t = x.shape[0]
     h = layer.input_layernorm(x)
-    q = attn.q_proj(h).view(t, num_heads, head_dim)  # [T, nh, d]
     k = attn.k_proj(h).view(t, num_kv_heads, head_dim)  # [T, kv, d]
     v = attn.v_proj(h).view(t, num_kv_heads, head_dim)
     cos, sin = rotary
-    q = q * cos + rotate_half(q) * sin
     k = k * cos + rotate_half(k) * sin
+    if query is None:
+        query_x, query_h, (cos, sin) = x, h, rotary
+    else:
+        query_x, (cos, sin) = query
+        query_h = layer.input_layernorm(query_x)
+    queries = query_x.shape[0]
+    q = attn.q_proj(query_h).view(queries, num_heads, head_dim)  # [Q, nh, d]
+    q = q * cos + rotate_half(q) * sin
     keys = torch.cat([past_key[0], k], dim=0).permute(1, 2, 0)  # [kv, d, P+T]
     values = torch.cat([past_value[0], v], dim=0).transpose(0, 1)  # [kv, P+T, d]
     group = num_heads // num_kv_heads
-    # Query heads grouped by the KV head they share: [kv, group * T, d].
-    q = q.view(t, num_kv_heads, group, head_dim).permute(1, 2, 0, 3).reshape(num_kv_heads, group * t, head_dim)
-    scores = torch.matmul(q, keys) * (head_dim**-0.5)  # [kv, group * T, P+T]
+    # Query heads grouped by the KV head they share: [kv, group * Q, d].
+    q = q.view(queries, num_kv_heads, group, head_dim).permute(1, 2, 0, 3).reshape(
+        num_kv_heads, group * queries, head_dim)
+    scores = torch.matmul(q, keys) * (head_dim**-0.5)  # [kv, group * Q, P+T]
     length = keys.shape[-1]  # P+T, spelled out: a -1 cannot be inferred when T is 0
-    scores = scores.view(num_kv_heads, group, t, length) + bias  # bias broadcasts over heads
+    scores = scores.view(num_kv_heads, group, queries, length) + bias  # bias broadcasts over heads
     probs = torch.softmax(scores.float(), dim=-1).to(x.dtype)
-    out = torch.matmul(probs.view(num_kv_heads, group * t, length), values)  # [kv, group * T, d]
-    out = out.view(num_kv_heads, group, t, head_dim).permute(2, 0, 1, 3).reshape(t, num_heads * head_dim)
-    return x + attn.o_proj(out), k[None], v[None]
+    out = torch.matmul(probs.view(num_kv_heads, group * queries, length), values)  # [kv, group * Q, d]
+    out = out.view(num_kv_heads, group, queries, head_dim).permute(2, 0, 1, 3).reshape(queries, num_heads * head_dim)
+    return query_x + attn.o_proj(out), k[None], v[None]
 
 
-def decoder_layer(layer, x, rotary, past_key, past_value, bias, num_heads, num_kv_heads, head_dim):
-    """Attention block then MLP block: x [T, H] -> x [T, H], new key/value [1, T, kv, d]."""
-    x, key, value = attention_layer(layer, x, rotary, past_key, past_value, bias, num_heads, num_kv_heads, head_dim)
+def decoder_layer(layer, x, rotary, past_key, past_value, bias, num_heads, num_kv_heads, head_dim, query=None):
+    """Attention block then MLP block: x [T, H] -> the query rows [Q, H] (x's own by default; see
+    attention_layer), new key/value [1, T, kv, d]."""
+    x, key, value = attention_layer(layer, x, rotary, past_key, past_value, bias, num_heads, num_kv_heads, head_dim,
+                                    query)
     x = x + layer.mlp(layer.post_attention_layernorm(x))
     return x, key, value
 

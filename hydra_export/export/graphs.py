@@ -76,7 +76,12 @@ class TreeDrafter(nn.Module):
 
 
 class ContextLayer(nn.Module):
-    """Hydra++'s extra decoder layer + norm over base hidden states, on the flat KV layout."""
+    """Hydra++'s extra decoder layer + norm over base hidden states, on the flat KV layout.
+
+    Only one row's output feeds the drafter (the last accepted one), so every row gets its key
+    and value but only that row runs attention and the MLP. Traced in full: it is not the
+    stamped layer (layer_stamp) since its call differs.
+    """
 
     def __init__(self, heads: DraftHeads, decoder: FlatDecoder):
         super().__init__()
@@ -84,11 +89,16 @@ class ContextLayer(nn.Module):
         self.norm = heads.prefix_norm
         self.rotary = decoder.rotary
         self.shape = (decoder.num_heads, decoder.num_kv_heads, decoder.head_dim)
-        self.call_layer = decoder_layer  # an opaque call while the engine is traced (layer_stamp)
 
-    def forward(self, hidden, positions, past_key, past_value, bias):
-        """hidden [T, H], positions [T], past [1, P, kv, d], bias [T, P + T] -> [T, H], key, value."""
-        out, key, value = self.call_layer(self.layer, hidden, self.rotary(positions), past_key, past_value, bias, *self.shape)
+    def forward(self, hidden, positions, past_key, past_value, query, query_position):
+        """hidden [R, H] at positions [R] (each row sees the past and the rows before it), past
+        [1, P, kv, d], query [1, H] at query_position [1] (it sees the past and the rows at
+        earlier or equal positions) -> the query's output [1, H], key, value [1, R, kv, d]."""
+        p = past_key.shape[1]
+        visible = (p + torch.arange(hidden.shape[0]))[None, :] <= query_position[:, None]  # [1, R]
+        bias = additive_bias(torch.cat([torch.ones(1, p, dtype=torch.bool), visible], dim=1), hidden.dtype)
+        out, key, value = decoder_layer(self.layer, hidden, self.rotary(positions), past_key, past_value, bias,
+                                        *self.shape, query=(query, self.rotary(query_position)))
         return self.norm(out), key, value
 
 
@@ -184,14 +194,13 @@ class EngineGraph(nn.Module):
         context = hidden[t + last]  # [H]
         if self.context_layer is not None:
             # Its output only feeds the drafter, and a one-node call drafts nothing (once n = 1, every
-            # later call has n = 1): there it runs on no rows and its K/V rows are zeros.
+            # later call has n = 1): there it keeps no rows and its K/V rows are zeros.
             rows_kept = (t + self.path_length) * torch.sym_min(n - 1, 1)
             chosen = hidden[rows][:rows_kept]  # [rows_kept, H]
             out, key, value = self.context_layer(chosen, p + torch.arange(rows_kept), past[-2], past[-1],
-                                                 causal_bias(rows_kept, p, hidden.dtype))
+                                                 context[None], (p + t + count - 1).reshape(1))
+            context = out[0]
             skipped = t + self.path_length - rows_kept
-            out = torch.cat([out, out.new_zeros(skipped, out.shape[1])])  # [T+W, H]
-            context = out[t + count - 1]
             accepted += [torch.cat([kv, kv.new_zeros(1, skipped, *kv.shape[2:])], dim=1) for kv in (key, value)]
         return (self.drafter(root, context, n), path, count, *accepted)
 
