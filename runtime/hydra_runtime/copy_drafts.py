@@ -7,7 +7,7 @@ and lossless: the chain is verified like any drafted node, so a wrong guess is o
 When the occurrence is so recent that the history ends before the chain is full, the
 repetition is continued with its own period (a run of "= = = =" proposes more "=").
 
-A verified row is not free (on a CPU each costs ~7% of a one-token step), so ``CopyDrafts``
+A verified row is not free (on a 2-core CPU each costs ~5-7% of a one-token step), so ``CopyDrafts``
 sends only as much of the proposal as its evidence has earned: two chain nodes per token of
 agreement between the history's end and the text before the matched occurrence. A lone
 1-token match earns 2 nodes; text being copied verbatim soon earns the whole chain.
@@ -21,8 +21,8 @@ import numpy as np
 
 MAX_NGRAM = 3
 # Chain nodes sent per token of agreement behind the match. Chosen with the decode simulator on the
-# ShareGPT tuning prompts, a row costing 7-8% of a one-token step (BENCHMARKS.md section D); a
-# table per agreement length did no better.
+# ShareGPT tuning prompts for a row costing 4.5-9% of a one-token step (BENCHMARKS.md section D);
+# a table by match length did no better.
 NODES_PER_AGREED_TOKEN = 2
 
 
