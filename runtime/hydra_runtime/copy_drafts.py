@@ -7,10 +7,10 @@ and lossless: the chain is verified like any drafted node, so a wrong guess is o
 When the occurrence is so recent that the history ends before the chain is full, the
 repetition is continued with its own period (a run of "= = = =" proposes more "=").
 
-A verified row is not free (on a 2-core CPU each costs ~5-7% of a one-token step), so ``CopyDrafts``
-sends only as much of the proposal as its evidence has earned: two chain nodes per token of
-agreement between the history's end and the text before the matched occurrence. A lone
-1-token match earns 2 nodes; text being copied verbatim soon earns the whole chain.
+A verified row is not free (on a 2-core CPU each costs ~5-7% of a one-token step), so
+``CopyDrafts`` sends only as much of the proposal as its evidence has earned: two chain nodes
+per token of agreement between the history's end and the text before the matched occurrence.
+A lone 1-token match earns 2 nodes; text being copied verbatim soon earns the whole chain.
 """
 
 from __future__ import annotations
