@@ -280,7 +280,7 @@ def tree_search(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the best tree of each budget "
                                                    "here as OUTPUT-<nodes>.json (a --tree file for build).")] = None,
     row_cost: Annotated[float, typer.Option(min=0.0, max=1.0, help="What one more verified row costs, as a fraction "
-                                            "of a one-token step (~0.07 for SmolLM2 on a 2-core CPU; near 0 on a "
+                                            "of a one-token step (0.05-0.07 for SmolLM2 on a 2-core CPU: scripts/row_cost.py; near 0 on a "
                                             "GPU). Above 0, the best split has the highest modelled speedup "
                                             "instead of the longest accepted length.")] = 0.0,
 ):
