@@ -279,10 +279,10 @@ def tree_search(
     copy: Annotated[str, typer.Option(help="Comma-separated copy-chain lengths to try in each budget.")] = "0,4,6,8",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the best tree of each budget "
                                                    "here as OUTPUT-<nodes>.json (a --tree file for build).")] = None,
-    row_cost: Annotated[float, typer.Option(min=0.0, max=1.0, help="What one more verified row costs, as a fraction "
-                                            "of a one-token step (0.05-0.07 for SmolLM2 on a 2-core CPU: scripts/row_cost.py; near 0 on a "
-                                            "GPU). Above 0, the best split has the highest modelled speedup "
-                                            "instead of the longest accepted length.")] = 0.0,
+    row_cost: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="What one more verified row costs, as a fraction of a one-token step (measure it: "
+        "scripts/row_cost.py; 0.05-0.07 for SmolLM2 on a 2-core CPU, near 0 on a GPU). Above 0, the best split "
+        "has the highest modelled speedup instead of the longest accepted length.")] = 0.0,
 ):
     """Find the drafted tree and copy chain with the longest accepted length (or, with --row-cost, the
     highest modelled speedup) for trained heads, by replaying greedy decoding over the model's own
