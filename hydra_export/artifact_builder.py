@@ -113,7 +113,8 @@ def build_artifact(
     try:
         report("trace the engine graph")
         spec = build_engine_spec(base, heads, tree, options.max_seq_len, dtype)
-        model = export_graph(spec, staging, progress=lambda done, total: report("write weights", done, total))
+        model = export_graph(spec, staging, progress=lambda done, total: report("write weights", done, total),
+                             share_tied=options.target == "onnx" and options.dtype == "fp32")
         report("write tokenizer, heads and manifest")
         base.tokenizer.save_pretrained(staging)
         held = engine_held_tensors(heads, spec.module, model)  # stored once, in the engine's weights

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import signal
 import sys
 from enum import Enum
@@ -190,7 +191,7 @@ def build(
 
         base = load_base_model(model, dtype=DTYPES[options.resolved_dtype])  # no second copy to convert
         advance("load heads")
-        draft_heads = load_heads(heads_dir, base.config).to(DTYPES[options.resolved_dtype])  # in place, as the base
+        draft_heads = load_heads(heads_dir, base.config, dtype=DTYPES[options.resolved_dtype])  # as the base
         tree = tree or default_tree(heads_dir)
         options = dataclasses.replace(options, tree_name=str(tree))
         tree_buffers = TreeBuffers.from_spec(tree, num_heads=draft_heads.config.num_heads, copy_nodes=copy_nodes,
@@ -481,5 +482,21 @@ def bench(
     stdout.print_json(json.dumps(report["summary"] | {"config": report["config"]}))
 
 
+def run() -> None:
+    """The console script: the app, then an exit without the interpreter's teardown. After a 1.1B
+    build, freeing the traced graphs and the model tensor by tensor took 3.5 s of a ~50 s command;
+    every file is written and closed (or removed) before a command returns, so nothing is lost."""
+    try:
+        app()
+        code = 0
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+        if not isinstance(done.code, (int, type(None))):
+            print(done.code, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    app()
+    run()

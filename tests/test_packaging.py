@@ -49,9 +49,11 @@ def test_the_wheel_carries_every_package(wheel_env):
 
 @pytest.mark.parametrize("command", [["--help"], ["train", "--help"], ["build", "--help"]])
 def test_the_installed_cli_runs(wheel_env, command):
-    result = run_in(wheel_env, "import sys; from hydra_export.cli import app; "
-                               "sys.argv = ['hydra-export', *sys.argv[1:]]; app()", *command)
+    result = run_in(wheel_env, "import sys; from hydra_export.cli import run; "  # the console script's entry point
+                               "sys.argv = ['hydra-export', *sys.argv[1:]]; run()", *command)
     assert result.returncode == 0, result.stderr
     assert "Usage" in result.stdout
+    misuse = run_in(wheel_env, "import sys; from hydra_export.cli import run; sys.argv = ['hydra-export', 'build']; run()")
+    assert misuse.returncode == 2 and "Missing option" in misuse.stderr  # exit codes survive the fast exit
     path = run_in(wheel_env, "import hydra_export, hydra_runtime; print(hydra_export.__file__, hydra_runtime.__file__)")
     assert str(ROOT) not in path.stdout and "site" in path.stdout  # the wheel's copy, not this checkout

@@ -15,23 +15,29 @@ import torch
 from ..errors import HydraExportError
 from .graph_specs import GraphSpec
 from .layer_stamp import TRANSLATION_TABLE, inline_layers, stamped_layers
+from .tied_table import PAGE, share_tied_table
 
 OPSET = 18
 
 # The exporter logs a warning per missing optional op library (torchvision); not ours to act on.
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 WEIGHTS_FILE = "weights.bin"
-ALIGNMENT = 64  # byte alignment of every tensor in the weights file
+ALIGNMENT = PAGE  # every tensor in the weights file starts on a page: ONNX Runtime maps it instead of copying
 INLINE_BYTES = 1024  # smaller constants stay inside the graph
+# Equal constants up to this many elements are merged (so CSE can merge the nodes that read them):
+# folding leaves one copy of e.g. the draft vocabulary's ids per head that uses it, and ONNX Runtime
+# would fold and prepack a [V', H] table per copy. Weight matrices are larger and never compared.
+DEDUPLICATE_ELEMENTS = 1 << 16
 
 
-def export_graph(spec: GraphSpec, out_dir: Path, progress=None) -> onnx.ModelProto:
+def export_graph(spec: GraphSpec, out_dir: Path, progress=None, share_tied: bool = False) -> onnx.ModelProto:
     """Trace ``spec.module`` once and write ``<name>.onnx`` plus ``weights.bin`` to ``out_dir``.
 
     Weights are written one tensor at a time straight from the module's own tensors (the
     exporter references them, it does not copy them), so the build holds the weights once.
     Returns the graph without its weights (for the manifest's signature).
-    ``progress(done, total)`` is called per tensor written.
+    ``progress(done, total)`` is called per tensor written. ``share_tied``: keep a tied
+    embedding table resident once under ONNX Runtime's CPU prepacking (see tied_table).
     """
     shared: dict[str, torch.export.Dim] = {}  # one Dim object per symbolic name
     dims = []
@@ -70,7 +76,10 @@ def export_graph(spec: GraphSpec, out_dir: Path, progress=None) -> onnx.ModelPro
     ir.save(program.model, str(path), external_data=WEIGHTS_FILE, size_threshold_bytes=INLINE_BYTES,
             alignment=ALIGNMENT, align_threshold=0, callback=callback)
     del program
-    return onnx.load(str(path), load_external_data=False)
+    model = onnx.load(str(path), load_external_data=False)
+    if share_tied and share_tied_table(model):
+        onnx.save(model, str(path))  # the graph only: its weights stay as written
+    return model
 
 
 def _fold(model) -> None:
@@ -85,7 +94,7 @@ def _fold(model) -> None:
     cleanup = ir.passes.PassManager([
         common.RemoveUnusedNodesPass(),
         common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
-        common.DeduplicateInitializersPass(),
+        common.DeduplicateInitializersPass(size_limit=DEDUPLICATE_ELEMENTS),
         common.CommonSubexpressionEliminationPass(),
         common.RemoveUnusedNodesPass(),
     ])

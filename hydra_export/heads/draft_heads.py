@@ -108,6 +108,8 @@ class DraftHeads(nn.Module):
             return torch.topk(self.draft_logits(k, context, path_tokens, base).float(), top_k, dim=-1).indices
         hidden = self.head_hidden(k, context, base.embed_tokens(path_tokens))  # [B, H]
         lm_head = self.lm_heads[k] if self.lm_heads is not None else base.lm_head
-        bias = lm_head.bias[self.draft_vocab] if lm_head.bias is not None else None
-        logits = nn.functional.linear(hidden, lm_head.weight[self.draft_vocab], bias)  # [B, V']
+        # index_select, not weight[vocab]: it exports as one Gather on the vocab buffer, which every
+        # depth shares (CSE merges them), so ONNX Runtime folds and prepacks the [V', H] table once.
+        bias = lm_head.bias.index_select(0, self.draft_vocab) if lm_head.bias is not None else None
+        logits = nn.functional.linear(hidden, lm_head.weight.index_select(0, self.draft_vocab), bias)  # [B, V']
         return self.draft_vocab[torch.topk(logits.float(), top_k, dim=-1).indices]

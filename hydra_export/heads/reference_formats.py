@@ -29,8 +29,9 @@ MEDUSA_WEIGHTS = "medusa_lm_head.pt"
 HYDRA_UNUSED_TENSORS = ("prefix_embeding_layer.embed_tokens.weight",)
 
 
-def load_heads(heads_dir: str | Path, base_config) -> DraftHeads:
-    """Load heads in the native format or either reference format, chosen by the files present."""
+def load_heads(heads_dir: str | Path, base_config, dtype: torch.dtype | None = None) -> DraftHeads:
+    """Load heads in the native format or either reference format, chosen by the files present;
+    in ``dtype`` if given (native heads are built in it, never held in float32 first)."""
     heads_dir = Path(heads_dir)
     if not heads_dir.is_dir():
         raise HeadsCheckpointError(
@@ -38,11 +39,11 @@ def load_heads(heads_dir: str | Path, base_config) -> DraftHeads:
             "or pass a directory holding heads_config.json + heads.safetensors"
         )
     if (heads_dir / CONFIG_FILE).is_file():
-        return load_native_heads(heads_dir, base_config)
+        return load_native_heads(heads_dir, base_config, dtype)
     if (heads_dir / HYDRA_WEIGHTS).is_file():
-        return load_hydra_reference(heads_dir, base_config)
+        return load_hydra_reference(heads_dir, base_config).to(dtype)
     if (heads_dir / MEDUSA_WEIGHTS).is_file():
-        return load_medusa_reference(heads_dir, base_config)
+        return load_medusa_reference(heads_dir, base_config).to(dtype)
     raise HeadsCheckpointError(
         f"{heads_dir} holds no heads checkpoint: expected {CONFIG_FILE}, {HYDRA_WEIGHTS} or {MEDUSA_WEIGHTS}"
     )
