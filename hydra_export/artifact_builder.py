@@ -95,7 +95,8 @@ def build_artifact(
     as they were); load them in the target dtype to build at the cost of the weights.
     """
     from .export.graph_specs import build_engine_spec
-    from .export.onnx_export import export_graph
+    from .export.onnx_export import WEIGHTS_FILE, export_graph
+    from .export.weights_digest import WeightsDigest
 
     report = progress or (lambda description, *done_total: None)
     out_dir = Path(out_dir)
@@ -110,11 +111,12 @@ def build_artifact(
         raise HydraExportError("the base model has no tokenizer files; an artifact needs tokenizer.json")
 
     staging = new_staging(out_dir)
+    digest = WeightsDigest()
     try:
         report("trace the engine graph")
         spec = build_engine_spec(base, heads, tree, options.max_seq_len, dtype)
         model = export_graph(spec, staging, progress=lambda done, total: report("write weights", done, total),
-                             share_tied=options.target == "onnx" and options.dtype == "fp32")
+                             share_tied=options.target == "onnx" and options.dtype == "fp32", digest=digest)
         report("write tokenizer, heads and manifest")
         base.tokenizer.save_pretrained(staging)
         held = engine_held_tensors(heads, spec.module, model)  # stored once, in the engine's weights
@@ -125,11 +127,13 @@ def build_artifact(
             from .tensorrt_build import build_plan
 
             manifest = replace(manifest, tensorrt=build_plan(staging, manifest, options.tensorrt, report))
-        files = {str(p.relative_to(staging)): sha256_of(p) for p in sorted(staging.rglob("*"))
-                 if p.is_file() and p.name != ".hydra-export-staging"}
+        weights = staging / WEIGHTS_FILE
+        files = {str(p.relative_to(staging)): digest.hexdigest(p) if p == weights else sha256_of(p)
+                 for p in sorted(staging.rglob("*")) if p.is_file() and p.name != ".hydra-export-staging"}
         replace(manifest, files=files).write(staging)
         publish(staging, out_dir)
     finally:
+        digest.close()
         discard(staging)
     return out_dir
 

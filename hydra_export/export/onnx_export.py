@@ -16,6 +16,7 @@ from ..errors import HydraExportError
 from .graph_specs import GraphSpec
 from .layer_stamp import TRANSLATION_TABLE, inline_layers, stamped_layers
 from .tied_table import PAGE, share_tied_table
+from .weights_digest import WeightsDigest
 
 OPSET = 18
 
@@ -30,7 +31,8 @@ INLINE_BYTES = 1024  # smaller constants stay inside the graph
 DEDUPLICATE_ELEMENTS = 1 << 16
 
 
-def export_graph(spec: GraphSpec, out_dir: Path, progress=None, share_tied: bool = False) -> onnx.ModelProto:
+def export_graph(spec: GraphSpec, out_dir: Path, progress=None, share_tied: bool = False,
+                 digest: WeightsDigest | None = None) -> onnx.ModelProto:
     """Trace ``spec.module`` once and write ``<name>.onnx`` plus ``weights.bin`` to ``out_dir``.
 
     Weights are written one tensor at a time straight from the module's own tensors (the
@@ -38,6 +40,7 @@ def export_graph(spec: GraphSpec, out_dir: Path, progress=None, share_tied: bool
     Returns the graph without its weights (for the manifest's signature).
     ``progress(done, total)`` is called per tensor written. ``share_tied``: keep a tied
     embedding table resident once under ONNX Runtime's CPU prepacking (see tied_table).
+    ``digest`` is told of every tensor written (the weights file's checksum, hashed meanwhile).
     """
     shared: dict[str, torch.export.Dim] = {}  # one Dim object per symbolic name
     dims = []
@@ -72,7 +75,12 @@ def export_graph(spec: GraphSpec, out_dir: Path, progress=None, share_tied: bool
     _share_input_sizes(program.model)
     _fold(program.model)
     program.model.metadata_props.update(spec.metadata)
-    callback = (lambda tensor, info: progress(info.index + 1, info.total)) if progress else None
+    def callback(tensor, info) -> None:  # before each tensor is written, in file order
+        if digest is not None:
+            digest.announce(tensor, info.offset)
+        if progress is not None:
+            progress(info.index + 1, info.total)
+
     ir.save(program.model, str(path), external_data=WEIGHTS_FILE, size_threshold_bytes=INLINE_BYTES,
             alignment=ALIGNMENT, align_threshold=0, callback=callback)
     del program
