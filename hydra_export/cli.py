@@ -486,13 +486,14 @@ def run() -> None:
     """The console script: the app, then an exit without the interpreter's teardown. After a 1.1B
     build, freeing the traced graphs and the model tensor by tensor took 3.5 s of a ~50 s command;
     every file is written and closed (or removed) before a command returns, so nothing is lost."""
+    code = 0
     try:
         app()
-        code = 0
     except SystemExit as done:
-        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
-        if not isinstance(done.code, (int, type(None))):
-            print(done.code, file=sys.stderr)
+        code = 0 if done.code is None else done.code
+    if not isinstance(code, int):  # SystemExit("message"): print it and fail, as Python would
+        print(code, file=sys.stderr)
+        code = 1
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -24,10 +24,12 @@ import math
 
 import onnx
 from onnx import TensorProto, helper
+from onnx.external_data_helper import ExternalDataInfo
 
 PAGE = 4096  # mmap granularity on Linux: views at page-aligned offsets are mapped, not copied
 CHUNK_BYTES = 32 << 20  # the LM head reads the table in chunks of about this size
 GATHER_VIEW_SUFFIX = ".gather_view"
+FLOAT_BYTES = 4  # the tables this pass rewrites are fp32
 
 
 def share_tied_table(model: onnx.ModelProto, chunk_bytes: int | None = None) -> bool:
@@ -41,12 +43,16 @@ def share_tied_table(model: onnx.ModelProto, chunk_bytes: int | None = None) -> 
     has no other reader and is released after folding (it is removed when nothing reads it).
     """
     graph = model.graph
-    initializers = {init.name: init for init in graph.initializer}
-    constants = set(initializers) | {out for node in graph.node if node.op_type == "Constant" for out in node.output}
+    constants = {init.name for init in graph.initializer} | {out for node in graph.node if node.op_type == "Constant"
+                                                              for out in node.output}
+    readers_of: dict[str, list[tuple[onnx.NodeProto, int]]] = {}  # name -> (node, input index) reading it
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            readers_of.setdefault(name, []).append((node, index))
     for init in list(graph.initializer):
         if not _is_external_fp32_matrix(init):
             continue
-        readers = [(node, index) for node in graph.node for index, name in enumerate(node.input) if name == init.name]
+        readers = readers_of.get(init.name, [])
         gathers = [node for node, index in readers if node.op_type == "Gather" and index == 0
                    and _attribute(node, "axis", 0) == 0]
         gemms = [node for node, index in readers if node.op_type == "Gemm" and index == 1 and _plain_gemm_bt(node)]
@@ -81,28 +87,25 @@ def _plain_gemm_bt(node: onnx.NodeProto) -> bool:
         and _attribute(node, "transA", 0) == 0 and _attribute(node, "alpha", 1.0) == 1.0
 
 
-def _external(init: TensorProto) -> dict[str, str]:
-    return {entry.key: entry.value for entry in init.external_data}
+def _row_bytes(init: TensorProto) -> int:
+    return math.prod(init.dims[1:]) * FLOAT_BYTES
 
 
 def _row_view(init: TensorProto, name: str, first_row: int, rows: int) -> TensorProto:
     """Rows [first_row, first_row + rows) of ``init`` as an initializer over the same bytes."""
-    external = _external(init)
-    row_bytes = int(external["length"]) // init.dims[0]
+    external = ExternalDataInfo(init)
     view = TensorProto(name=name, data_type=init.data_type, dims=[rows, *init.dims[1:]],
                        data_location=TensorProto.EXTERNAL)
-    for key, value in (("location", external["location"]),
-                       ("offset", str(int(external.get("offset", 0)) + first_row * row_bytes)),
-                       ("length", str(rows * row_bytes))):
-        view.external_data.add(key=key, value=value)
+    offset = (external.offset or 0) + first_row * _row_bytes(init)
+    for key, value in (("location", external.location), ("offset", offset), ("length", rows * _row_bytes(init))):
+        view.external_data.add(key=key, value=str(value))  # set_external_data wants raw data to move out
     return view
 
 
 def _split_gemms(graph: onnx.GraphProto, gemms: list[onnx.NodeProto], table: TensorProto, chunk_bytes: int) -> None:
     """Each Gemm(x, table, transB) -> Concat(Gemm(x, rows_0, transB), ...) along the output's last
     axis; the row views are shared by all of them."""
-    vocab = table.dims[0]
-    row_bytes = int(_external(table)["length"]) // vocab
+    vocab, row_bytes = table.dims[0], _row_bytes(table)
     rows_per_page = PAGE // math.gcd(row_bytes, PAGE)  # chunk offsets stay page-aligned
     rows = max(rows_per_page, chunk_bytes // row_bytes // rows_per_page * rows_per_page)
     if rows >= vocab:
