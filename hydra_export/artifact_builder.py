@@ -96,7 +96,6 @@ def build_artifact(
     """
     from .export.graph_specs import build_engine_spec
     from .export.onnx_export import WEIGHTS_FILE, export_graph
-    from .export.weights_digest import WeightsDigest
 
     report = progress or (lambda description, *done_total: None)
     out_dir = Path(out_dir)
@@ -111,12 +110,13 @@ def build_artifact(
         raise HydraExportError("the base model has no tokenizer files; an artifact needs tokenizer.json")
 
     staging = new_staging(out_dir)
-    digest = WeightsDigest()
+    weights_writer = None
     try:
         report("trace the engine graph")
         spec = build_engine_spec(base, heads, tree, options.max_seq_len, dtype)
-        model = export_graph(spec, staging, progress=lambda done, total: report("write weights", done, total),
-                             share_tied=options.target == "onnx" and options.dtype == "fp32", digest=digest)
+        exported = export_graph(spec, staging, progress=lambda done, total: report("write weights", done, total),
+                                share_tied=options.target == "onnx" and options.dtype == "fp32")
+        model, weights_writer = exported.model, exported.weights
         report("write tokenizer, heads and manifest")
         base.tokenizer.save_pretrained(staging)
         held = engine_held_tensors(heads, spec.module, model)  # stored once, in the engine's weights
@@ -128,12 +128,13 @@ def build_artifact(
 
             manifest = replace(manifest, tensorrt=build_plan(staging, manifest, options.tensorrt, report))
         weights = staging / WEIGHTS_FILE
-        files = {str(p.relative_to(staging)): digest.hexdigest(p) if p == weights else sha256_of(p)
+        files = {str(p.relative_to(staging)): weights_writer.hexdigest(p) if p == weights else sha256_of(p)
                  for p in sorted(staging.rglob("*")) if p.is_file() and p.name != ".hydra-export-staging"}
         replace(manifest, files=files).write(staging)
         publish(staging, out_dir)
     finally:
-        digest.close()
+        if weights_writer is not None:
+            weights_writer.close()
         discard(staging)
     return out_dir
 

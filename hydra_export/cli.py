@@ -179,7 +179,7 @@ def build(
     with stage_progress() as progress:
         stages = BUILD_STAGES + (1 if target == TargetChoice.tensorrt else 0)
         task = progress.add_task("load base model", total=stages)
-        weights = progress.add_task("write weights", total=None, visible=False)
+        weights = progress.add_task("write weights (MiB)", total=None, visible=False)
 
         def advance(description: str, done: int | None = None, total: int | None = None) -> None:
             if done is not None:

@@ -32,8 +32,8 @@ def test_stamped_engine_equals_the_full_trace(request, tmp_path, monkeypatch, mo
     monkeypatch.setattr(onnx_export, "inline_layers", lambda *args: inlined.append(real_inline(*args)))
     (tmp_path / "stamped").mkdir()
     (tmp_path / "full").mkdir()
-    stamped = onnx_export.export_graph(spec, tmp_path / "stamped")
-    full = onnx_export.export_graph(dataclasses.replace(spec, layer_template=None), tmp_path / "full")
+    stamped = onnx_export.export_graph(spec, tmp_path / "stamped").model
+    full = onnx_export.export_graph(dataclasses.replace(spec, layer_template=None), tmp_path / "full").model
 
     # Every base layer was one opaque call (Hydra++'s context layer, one query row, is traced in full).
     assert inlined == [base.config.num_hidden_layers]
@@ -78,3 +78,36 @@ def test_only_layers_like_the_template_become_opaque_calls(llama, qwen2):
 def test_stamped_artifact_engine_has_no_opaque_nodes(artifacts):
     model = onnx.load(str(artifacts("llama", "hydra++") / "engine.onnx"), load_external_data=False)
     assert {node.domain for node in model.graph.node} <= {"", "ai.onnx"}
+
+
+def test_the_layer_traced_in_a_forked_process_is_the_one_traced_here(llama, monkeypatch):
+    template = layer_stamp.LayerTemplate(llama.decoder.layers[0], (4, 2, 16))
+    forked = layer_stamp.LayerTrace(template, onnx_export.OPSET)
+    assert forked._child is not None
+    from_child = forked.function()
+
+    def no_fork():
+        raise OSError("no processes left")
+
+    monkeypatch.setattr(layer_stamp.os, "fork", no_fork)
+    here = layer_stamp.LayerTrace(template, onnx_export.OPSET)
+    assert here._child is None
+    local = here.function()
+    assert [(n.op_type, len(n.inputs)) for n in from_child] == [(n.op_type, len(n.inputs)) for n in local]
+    assert from_child.identifier() == local.identifier()
+
+
+def test_a_failed_child_leaves_the_trace_to_this_process(llama, monkeypatch):
+    template = layer_stamp.LayerTemplate(llama.decoder.layers[0], (4, 2, 16))
+    calls = []
+
+    def failing_trace(opset):
+        calls.append(opset)
+        raise RuntimeError("cannot trace this layer")
+
+    monkeypatch.setattr(template, "trace", failing_trace)
+    trace = layer_stamp.LayerTrace(template, onnx_export.OPSET)  # the child fails the same way
+    with pytest.raises(RuntimeError, match="cannot trace this layer"):
+        trace.function()
+    assert calls == [onnx_export.OPSET]  # this process traced once more, after the child's status
+    trace.cancel()  # nothing left to stop

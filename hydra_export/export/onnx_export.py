@@ -6,6 +6,7 @@ import contextlib
 import inspect
 import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -14,9 +15,9 @@ import torch
 
 from ..errors import HydraExportError
 from .graph_specs import GraphSpec
-from .layer_stamp import TRANSLATION_TABLE, inline_layers, stamped_layers
+from .layer_stamp import TRANSLATION_TABLE, LayerTrace, inline_layers, stamped_layers
 from .tied_table import PAGE, share_tied_table
-from .weights_digest import WeightsDigest
+from .weights_writer import WeightsWriter
 
 OPSET = 18
 
@@ -25,22 +26,29 @@ logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(loggin
 WEIGHTS_FILE = "weights.bin"
 ALIGNMENT = PAGE  # every tensor in the weights file starts on a page: ONNX Runtime maps it instead of copying
 INLINE_BYTES = 1024  # smaller constants stay inside the graph
+# Parameters at least this large are written while the graph is traced: the weight matrices, not
+# the norms and biases (a norm the graph does not read, e.g. one folded away, would leave dead bytes).
+WRITE_AHEAD_BYTES = 64 << 10
 # Equal constants up to this many elements are merged (so CSE can merge the nodes that read them):
 # folding leaves one copy of e.g. the draft vocabulary's ids per head that uses it, and ONNX Runtime
 # would fold and prepack a [V', H] table per copy. Weight matrices are larger and never compared.
 DEDUPLICATE_ELEMENTS = 1 << 16
 
 
-def export_graph(spec: GraphSpec, out_dir: Path, progress=None, share_tied: bool = False,
-                 digest: WeightsDigest | None = None) -> onnx.ModelProto:
+@dataclass(frozen=True)
+class ExportedGraph:
+    model: onnx.ModelProto  # the saved graph without its weights (for the manifest's signature)
+    weights: WeightsWriter  # ``hexdigest(path)``: the weights file's sha256
+
+
+def export_graph(spec: GraphSpec, out_dir: Path, progress=None, share_tied: bool = False) -> ExportedGraph:
     """Trace ``spec.module`` once and write ``<name>.onnx`` plus ``weights.bin`` to ``out_dir``.
 
-    Weights are written one tensor at a time straight from the module's own tensors (the
-    exporter references them, it does not copy them), so the build holds the weights once.
-    Returns the graph without its weights (for the manifest's signature).
-    ``progress(done, total)`` is called per tensor written. ``share_tied``: keep a tied
-    embedding table resident once under ONNX Runtime's CPU prepacking (see tied_table).
-    ``digest`` is told of every tensor written (the weights file's checksum, hashed meanwhile).
+    The module's parameters are written to the weights file on another thread while the graph
+    is traced (weights_writer), straight from its own tensors: the build holds the weights once.
+    ``progress(done, total)`` is called while weights are written (MiB). ``share_tied``: keep
+    a tied embedding table resident once under ONNX Runtime's CPU prepacking (see tied_table).
+    The caller closes the returned writer (``hexdigest`` does).
     """
     shared: dict[str, torch.export.Dim] = {}  # one Dim object per symbolic name
     dims = []
@@ -51,43 +59,52 @@ def export_graph(spec: GraphSpec, out_dir: Path, progress=None, share_tied: bool
                      for axis, symbol in axes.items()} if axes else None)
     template = spec.layer_template
     stamping = stamped_layers(spec.module, template) if template else contextlib.nullcontext()
-    with warnings.catch_warnings(), torch.no_grad(), stamping:
-        warnings.simplefilter("ignore")
-        try:
-            program = torch.onnx.export(
-                spec.module,
-                spec.sample_inputs,
-                dynamo=True,
-                input_names=list(spec.input_names),
-                output_names=list(spec.output_names),
-                dynamic_shapes=_nest_varargs(spec.module, dims),
-                opset_version=OPSET,
-                optimize=False,  # the full onnxscript rewriter took half the build time: see _fold
-                verbose=False,
-                custom_translation_table=TRANSLATION_TABLE if template else None,
-            )
-            if template:
-                inline_layers(program.model, template, OPSET)
-        except Exception as error:  # the exporter raises many types; name the graph and re-raise typed
-            raise HydraExportError(f"tracing the {spec.name} graph failed: {error}") from error
     path = Path(out_dir) / f"{spec.name}.onnx"
-    _name_dynamic_dims(program.model, spec)
-    _share_input_sizes(program.model)
-    _fold(program.model)
-    program.model.metadata_props.update(spec.metadata)
-    def callback(tensor, info) -> None:  # before each tensor is written, in file order
-        if digest is not None:
-            digest.announce(tensor, info.offset)
-        if progress is not None:
-            progress(info.index + 1, info.total)
-
-    ir.save(program.model, str(path), external_data=WEIGHTS_FILE, size_threshold_bytes=INLINE_BYTES,
-            alignment=ALIGNMENT, align_threshold=0, callback=callback)
-    del program
+    writer = WeightsWriter(Path(out_dir) / WEIGHTS_FILE, spec.module.parameters(), ALIGNMENT, WRITE_AHEAD_BYTES)
+    layer_trace = LayerTrace(template, OPSET) if template else None  # forks: before the writer's thread starts
+    writer.start()
+    try:
+        with warnings.catch_warnings(), torch.no_grad(), stamping:
+            warnings.simplefilter("ignore")
+            try:
+                program = torch.onnx.export(
+                    spec.module,
+                    spec.sample_inputs,
+                    dynamo=True,
+                    input_names=list(spec.input_names),
+                    output_names=list(spec.output_names),
+                    dynamic_shapes=_nest_varargs(spec.module, dims),
+                    opset_version=OPSET,
+                    optimize=False,  # the full onnxscript rewriter took half the build time: see _fold
+                    verbose=False,
+                    custom_translation_table=TRANSLATION_TABLE if template else None,
+                )
+                if layer_trace:
+                    inline_layers(program.model, layer_trace)
+            except Exception as error:  # the exporter raises many types; name the graph and re-raise typed
+                raise HydraExportError(f"tracing the {spec.name} graph failed: {error}") from error
+        _name_dynamic_dims(program.model, spec)
+        _share_input_sizes(program.model)
+        _fold(program.model)
+        program.model.metadata_props.update(spec.metadata)
+        writer.wait(progress)
+        if writer.place(program.model, WEIGHTS_FILE, INLINE_BYTES):
+            ir.save(program.model, str(path))  # the graph; its weights are in place
+        else:  # a written parameter is not read: rewrite the file with only what the graph reads
+            writer.rewritten()
+            ir.save(program.model, str(path), external_data=WEIGHTS_FILE, size_threshold_bytes=INLINE_BYTES,
+                    alignment=ALIGNMENT, align_threshold=0)
+        del program
+    except BaseException:
+        writer.close()
+        raise
+    finally:
+        if layer_trace:
+            layer_trace.cancel()
     model = onnx.load(str(path), load_external_data=False)
     if share_tied and share_tied_table(model):
         onnx.save(model, str(path))  # the graph only: its weights stay as written
-    return model
+    return ExportedGraph(model, writer)
 
 
 def _fold(model) -> None:
