@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import inspect
 import logging
 import warnings
@@ -64,7 +65,7 @@ def export_graph(spec: GraphSpec, out_dir: Path, progress=None, share_tied: bool
     layer_trace = LayerTrace(template, OPSET) if template else None  # forks: before the writer's thread starts
     writer.start()
     try:
-        with warnings.catch_warnings(), torch.no_grad(), stamping:
+        with warnings.catch_warnings(), torch.no_grad(), stamping, _no_cyclic_gc():
             warnings.simplefilter("ignore")
             try:
                 program = torch.onnx.export(
@@ -105,6 +106,21 @@ def export_graph(spec: GraphSpec, out_dir: Path, progress=None, share_tied: bool
     if share_tied and share_tied_table(model):
         onnx.save(model, str(path))  # the graph only: its weights stay as written
     return ExportedGraph(model, writer)
+
+
+@contextlib.contextmanager
+def _no_cyclic_gc():
+    """The trace allocates millions of small objects (sympy expressions, fx nodes), so the cyclic
+    collector ran over and over for little garbage: off during the trace, one collection after
+    (6% of a 1.1B build's CPU time, measured)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+        gc.collect()
 
 
 def _fold(model) -> None:
