@@ -120,7 +120,7 @@ class WeightsWriter:
                 continue
             raw = getattr(tensor, "raw", None)
             hit = self._planned.get(_key(raw)) if isinstance(raw, torch.Tensor) and raw.is_contiguous() else None
-            if hit is not None and hit[1].dtype == raw.dtype:
+            if hit is not None:
                 placed[value.name] = hit[0]
             else:
                 appended.append(value)
