@@ -111,3 +111,21 @@ def test_a_failed_child_leaves_the_trace_to_this_process(llama, monkeypatch):
         trace.function()
     assert calls == [onnx_export.OPSET]  # this process traced once more, after the child's status
     trace.cancel()  # nothing left to stop
+
+
+def test_interrupts_are_held_back_across_the_fork(llama, monkeypatch):
+    """A SIGTERM during fork ran its handler inside Python's at-fork callbacks, which swallowed
+    its KeyboardInterrupt (a build went on to the end): the fork happens with them blocked."""
+    import signal
+
+    blocked_at_fork = []
+
+    def fork():
+        blocked_at_fork.append(signal.pthread_sigmask(signal.SIG_BLOCK, set()))
+        raise OSError("no processes left")
+
+    monkeypatch.setattr(layer_stamp.os, "fork", fork)
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    layer_stamp.LayerTrace(layer_stamp.LayerTemplate(llama.decoder.layers[0], (4, 2, 16)), onnx_export.OPSET)
+    assert {signal.SIGINT, signal.SIGTERM} <= blocked_at_fork[0]
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == before  # restored after

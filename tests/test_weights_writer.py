@@ -79,12 +79,16 @@ def test_a_written_parameter_the_graph_does_not_read_is_refused(tmp_path):
     assert writer.hexdigest(tmp_path / "weights.bin") == sha256_of(tmp_path / "weights.bin")
 
 
-def test_close_stops_the_thread_and_keeps_the_file_for_the_caller(tmp_path):
-    writer = WeightsWriter(tmp_path / "weights.bin", [torch.zeros(1 << 22), torch.ones(1 << 22)], ALIGN, 1).start()
+def test_close_stops_the_thread_within_a_chunk_and_keeps_the_file_for_the_caller(tmp_path):
+    table = torch.empty(1 << 26)  # 256 MiB: four of the writer's 64 MiB write calls
+    writer = WeightsWriter(tmp_path / "weights.bin", [table], ALIGN, 1).start()
     writer.close()
     writer.close()
     assert not writer._thread.is_alive() and writer._file.closed
-    assert (tmp_path / "weights.bin").exists()
+    assert writer.written < writer.planned_bytes  # stopped, not written to the end
+    assert isinstance(writer._error, InterruptedError)
+    assert (tmp_path / "weights.bin").stat().st_size == writer.written
+    assert writer.hexdigest(tmp_path / "weights.bin") == sha256_of(tmp_path / "weights.bin")  # read back
 
 
 def test_the_file_is_new(tmp_path):

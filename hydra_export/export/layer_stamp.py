@@ -186,12 +186,18 @@ class LayerTrace:
         if not hasattr(os, "fork"):
             return
         read, write = os.pipe()
+        # A signal that lands during fork runs its handler inside Python's at-fork callbacks, which
+        # swallow the exception: SIGTERM's KeyboardInterrupt was lost and the build went on.
+        # Blocked across the fork, it is delivered right after, where it can stop the build.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
             pid = os.fork()
         except OSError:  # no resources for another process: trace here
             os.close(read)
             os.close(write)
             return
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         if pid == 0:
             _trace_in_child(template, opset, read, write)  # never returns
         os.close(write)

@@ -96,15 +96,15 @@ def export_graph(spec: GraphSpec, out_dir: Path, progress=None, share_tied: bool
             ir.save(program.model, str(path), external_data=WEIGHTS_FILE, size_threshold_bytes=INLINE_BYTES,
                     alignment=ALIGNMENT, align_threshold=0)
         del program
+        model = onnx.load(str(path), load_external_data=False)
+        if share_tied and share_tied_table(model):
+            onnx.save(model, str(path))  # the graph only: its weights stay as written
     except BaseException:
         writer.close()
         raise
     finally:
         if layer_trace:
             layer_trace.cancel()
-    model = onnx.load(str(path), load_external_data=False)
-    if share_tied and share_tied_table(model):
-        onnx.save(model, str(path))  # the graph only: its weights stay as written
     return ExportedGraph(model, writer)
 
 
