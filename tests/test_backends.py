@@ -233,6 +233,25 @@ def test_misaligned_present_rows_go_through_staging_losslessly(artifacts, monkey
     assert copies and all(nbytes % staged.backend.row_bytes == 0 for nbytes in copies)
 
 
+def test_weight_file_pages_are_released_after_every_step_losslessly(artifacts, monkeypatch):
+    """The ONNX Runtime backend gives back the weight-file pages each call mapped in (mapped_pages);
+    the tiny model's mappings are taken here (the size floor lowered): same tokens, one release per call."""
+    from hydra_runtime.backends import mapped_pages
+
+    artifact = artifacts("llama", "hydra++")
+    prompt = list(range(3, 40))
+    expected = Generator.load(artifact).generate_ids(prompt, 30)[0]
+    monkeypatch.setattr(mapped_pages, "MIN_MAPPING_BYTES", 1)
+    released = []
+    original = mapped_pages.MappedPages.release
+    monkeypatch.setattr(mapped_pages.MappedPages, "release",
+                        lambda self: released.append(len(self.ranges)) or original(self))
+    generator = Generator.load(artifact)
+    tokens, stats = generator.generate_ids(prompt, 30)
+    assert tokens == expected
+    assert len(released) == 1 + stats.steps and released[0] > 0  # the prefill, then every step
+
+
 def test_tensorrt_builds_default_to_bf16_where_the_gpu_has_it(monkeypatch):
     from hydra_export import tensorrt_build
     from hydra_export.artifact_builder import BuildOptions

@@ -33,6 +33,7 @@ from .decode_backend import (
     kv_part,
     resolve_shape,
 )
+from .mapped_pages import MappedPages
 from .onnx_engine import OnnxEngine
 
 KV_DTYPES = {"float": np.float32, "float16": np.float16}
@@ -73,6 +74,8 @@ class OrtBackend:
 
                 self._cuda = CudaRuntime.load()
         self._binding = session.io_binding()
+        # The weight-file pages a step maps in (embedding rows) are released after it: see mapped_pages.
+        self._mapped_pages = MappedPages.of_files([Path(artifact_dir) / name for name in manifest.files])
         self.length = 0
 
     def _allocate(self, shape: tuple[int, ...]):
@@ -136,6 +139,7 @@ class OrtBackend:
             host = host_outputs[spec.name] = np.empty(shape, dtype=HOST_DTYPES[spec.dtype])
             binding.bind_output(spec.name, "cpu", 0, host.dtype, shape, host.ctypes.data)
         self.engine.session.run_with_iobinding(binding)
+        self._mapped_pages.release()
         if staged:
             rows = plan.rows_written(feeds) * self.row_bytes
             for name, address in plan.present:  # all rows; commit() keeps the accepted ones
