@@ -12,7 +12,9 @@ tokens), though the process reads a few hundred rows.
 file's pages stay in the page cache and the next read maps them again (a minor fault, no
 I/O). A private mapping's page that was written to has become an anonymous copy, which this
 would discard: a mapping is only taken while it holds no such page (smaps' ``Anonymous: 0``)
-when the backend opens it, and nothing writes to an engine's initializers after that. Linux
+when the backend opens it, and nothing writes to an engine's initializers after that. The
+ranges are taken once the session exists and stay valid while it does (ONNX Runtime keeps an
+initializer's mapping for the session's life); the backend drops them when it closes. Linux
 only (``/proc/self/smaps``); elsewhere it finds nothing and does nothing.
 """
 

@@ -102,6 +102,7 @@ class OrtBackend:
         self.length += rows
 
     def close(self) -> None:
+        self._mapped_pages = MappedPages([])  # the session's mappings go with it: never advise them after
         self._cache.clear()
         self._staging.clear()
         self._binding = self.engine = None
