@@ -21,6 +21,8 @@ from rich.text import Text
 from hydra_runtime.errors import HydraExportError
 from hydra_runtime.tree_presets import TREE_PRESETS
 
+from .cyclic_gc import cyclic_gc_paused
+
 app = typer.Typer(
     help="Compile base model + Hydra heads into engines with the speculation tree baked in, and run them.",
     no_args_is_help=True,
@@ -155,6 +157,13 @@ def build(
                                                         "level.")] = 3,
 ):
     """Trace base model + heads into an artifact directory (one engine, weights, tokenizer, manifest)."""
+    with cyclic_gc_paused(collect_after=False):  # the imports too; the console script exits right after
+        _build(output, model, heads, tree, copy_nodes, target, dtype, max_seq_len, force, timing_cache,
+               trt_optimization_level)
+
+
+def _build(output, model, heads, tree, copy_nodes, target, dtype, max_seq_len, force, timing_cache,
+           trt_optimization_level):
     from hydra_runtime.tree import TreeBuffers
 
     from .artifact_builder import (

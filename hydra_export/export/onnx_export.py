@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import inspect
 import logging
 import warnings
@@ -14,6 +13,7 @@ import onnx
 import onnx_ir as ir
 import torch
 
+from ..cyclic_gc import cyclic_gc_paused
 from ..errors import HydraExportError
 from .graph_specs import GraphSpec
 from .layer_stamp import TRANSLATION_TABLE, LayerTrace, inline_layers, stamped_layers
@@ -65,7 +65,7 @@ def export_graph(spec: GraphSpec, out_dir: Path, progress=None, share_tied: bool
     layer_trace = LayerTrace(template, OPSET) if template else None  # forks: before the writer's thread starts
     writer.start()
     try:
-        with warnings.catch_warnings(), torch.no_grad(), stamping, _no_cyclic_gc():
+        with warnings.catch_warnings(), torch.no_grad(), stamping, cyclic_gc_paused():
             warnings.simplefilter("ignore")
             try:
                 program = torch.onnx.export(
@@ -106,21 +106,6 @@ def export_graph(spec: GraphSpec, out_dir: Path, progress=None, share_tied: bool
         if layer_trace:
             layer_trace.cancel()
     return ExportedGraph(model, writer)
-
-
-@contextlib.contextmanager
-def _no_cyclic_gc():
-    """The trace allocates millions of small objects (sympy expressions, fx nodes), so the cyclic
-    collector ran over and over for little garbage: off during the trace, one collection after
-    (6% of a 1.1B build's CPU time, measured)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-        gc.collect()
 
 
 def _fold(model) -> None:
