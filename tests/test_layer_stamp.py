@@ -129,3 +129,53 @@ def test_interrupts_are_held_back_across_the_fork(llama, monkeypatch):
     layer_stamp.LayerTrace(layer_stamp.LayerTemplate(llama.decoder.layers[0], (4, 2, 16)), onnx_export.OPSET)
     assert {signal.SIGINT, signal.SIGTERM} <= blocked_at_fork[0]
     assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == before  # restored after
+
+
+def test_an_interrupt_received_just_before_the_fork_stops_the_build_there(llama, monkeypatch):
+    """A handler not yet run when the signals are blocked runs before the fork (not inside its
+    callbacks): no child, its exception propagates, the mask is restored."""
+    import signal
+
+    forks = []
+    monkeypatch.setattr(layer_stamp.os, "fork", lambda: forks.append(1) or 0)
+
+    def pending_sigterm():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(layer_stamp, "_run_pending_signal_handlers", pending_sigterm)
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    with pytest.raises(KeyboardInterrupt):
+        layer_stamp.LayerTrace(layer_stamp.LayerTemplate(llama.decoder.layers[0], (4, 2, 16)), onnx_export.OPSET)
+    assert forks == []
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == before
+
+
+def test_an_interrupt_held_back_across_the_fork_stops_the_child_too(llama, monkeypatch):
+    """Delivered when the mask is restored (after the fork), the interrupt propagates and the child
+    is killed and reaped, not left tracing."""
+    import os
+    import signal
+
+    children = []
+    real_fork, real_sigmask = os.fork, signal.pthread_sigmask
+
+    def fork():
+        pid = real_fork()
+        if pid == 0:
+            os._exit(0)  # a child that would otherwise trace the layer
+        children.append(pid)
+        return pid
+
+    def sigmask(how, signals):
+        previous = real_sigmask(how, signals)
+        if how == signal.SIG_SETMASK and children:  # the restore: a held-back SIGTERM's handler runs
+            raise KeyboardInterrupt
+        return previous
+
+    monkeypatch.setattr(layer_stamp.os, "fork", fork)
+    monkeypatch.setattr(layer_stamp.signal, "pthread_sigmask", sigmask)
+    with pytest.raises(KeyboardInterrupt):
+        layer_stamp.LayerTrace(layer_stamp.LayerTemplate(llama.decoder.layers[0], (4, 2, 16)), onnx_export.OPSET)
+    assert len(children) == 1
+    with pytest.raises(ChildProcessError):
+        os.waitpid(children[0], os.WNOHANG)  # already reaped by cancel()

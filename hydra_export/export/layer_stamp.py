@@ -19,6 +19,7 @@ template (another class, other parameter names, shapes or dtypes) are traced in 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import warnings
@@ -186,22 +187,32 @@ class LayerTrace:
         if not hasattr(os, "fork"):
             return
         read, write = os.pipe()
-        # A signal that lands during fork runs its handler inside Python's at-fork callbacks, which
-        # swallow the exception: SIGTERM's KeyboardInterrupt was lost and the build went on.
-        # Blocked across the fork, it is delivered right after, where it can stop the build.
+        # A signal whose handler runs during fork runs it inside Python's at-fork callbacks, which
+        # swallow the exception: SIGTERM's KeyboardInterrupt was lost and the build went on. So
+        # SIGINT/SIGTERM are blocked across the fork; one that arrived just before the block (its
+        # handler not yet run) runs it before the fork, and one held back is delivered when the
+        # mask is restored, where it stops the build (and the child, if there is one).
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        pid = None
         try:
+            _run_pending_signal_handlers()
             pid = os.fork()
         except OSError:  # no resources for another process: trace here
-            os.close(read)
-            os.close(write)
-            return
+            pass
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            if pid != 0:  # this process; the child's mask is restored in the child
+                if pid is None:
+                    os.close(read)
+                else:
+                    self._child = (pid, read)
+                os.close(write)
+                try:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # runs a held-back signal's handler
+                except BaseException:
+                    self.cancel()
+                    raise
         if pid == 0:
-            _trace_in_child(template, opset, read, write)  # never returns
-        os.close(write)
-        self._child = (pid, read)
+            _trace_in_child(template, opset, read, write, mask)  # never returns
 
     def function(self):
         """The template as an ONNX function (see LayerTemplate.trace)."""
@@ -228,11 +239,19 @@ class LayerTrace:
             os.close(read)
 
 
-def _trace_in_child(template: LayerTemplate, opset: int, read: int, write: int) -> None:
-    """The forked child: trace, send the serialized function down the pipe, leave without
-    running the parent's exit handlers (status 0 only when the whole function was sent)."""
+def _run_pending_signal_handlers() -> None:
+    """Run the Python handlers of signals already received (Python runs them only between
+    bytecodes, so one that arrived during a C call waits); raises what a handler raises."""
+    ctypes.pythonapi.PyErr_CheckSignals()
+
+
+def _trace_in_child(template: LayerTemplate, opset: int, read: int, write: int, mask) -> None:
+    """The forked child: restore the signal ``mask``, trace, send the serialized function down
+    the pipe, leave without running the parent's exit handlers (status 0 only when the whole
+    function was sent; nothing raised here unwinds into the parent's code)."""
     status = 1
     try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(read)
         quiet = os.open(os.devnull, os.O_WRONLY)  # the parent's progress display owns the terminal
         os.dup2(quiet, 1)
