@@ -193,26 +193,25 @@ class LayerTrace:
         # handler not yet run) runs it before the fork, and one held back is delivered when the
         # mask is restored, where it stops the build (and the child, if there is one).
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        pid = None
         try:
             _run_pending_signal_handlers()
             pid = os.fork()
-        except OSError:  # no resources for another process: trace here
-            pass
-        finally:
-            if pid != 0:  # this process; the child's mask is restored in the child
-                if pid is None:
-                    os.close(read)
-                else:
-                    self._child = (pid, read)
-                os.close(write)
-                try:
-                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # runs a held-back signal's handler
-                except BaseException:
-                    self.cancel()
-                    raise
+        except BaseException as error:
+            os.close(read)
+            os.close(write)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            if isinstance(error, OSError):  # no resources for another process: trace here
+                return
+            raise
         if pid == 0:
-            _trace_in_child(template, opset, read, write, mask)  # never returns
+            _trace_in_child(template, opset, read, write, mask)  # restores the mask there; never returns
+        os.close(write)
+        self._child = (pid, read)
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # runs a held-back signal's handler
+        except BaseException:
+            self.cancel()
+            raise
 
     def function(self):
         """The template as an ONNX function (see LayerTemplate.trace)."""
