@@ -233,6 +233,28 @@ def test_misaligned_present_rows_go_through_staging_losslessly(artifacts, monkey
     assert copies and all(nbytes % staged.backend.row_bytes == 0 for nbytes in copies)
 
 
+def test_cpu_prompts_longer_than_a_chunk_are_fed_in_chunks_losslessly(artifacts, monkeypatch):
+    """The CPU backend prefills a long prompt in CPU_PROMPT_CHUNK-token calls (bounded activations):
+    the same tokens as one call, in both modes, and no call takes more than a chunk."""
+    from hydra_runtime.backends import ort_backend
+
+    artifact = artifacts("llama", "hydra++")
+    prompt = list(range(3, 40))
+    monkeypatch.setattr(ort_backend, "CPU_PROMPT_CHUNK", 10_000)
+    whole = Generator.load(artifact)
+    expected = {mode: whole.generate_ids(prompt, 30, mode=mode)[0] for mode in ("hydra", "autoregressive")}
+    monkeypatch.setattr(ort_backend, "CPU_PROMPT_CHUNK", 8)
+    chunked = Generator.load(artifact)
+    causal_tokens = []
+    run = chunked.backend.run
+    monkeypatch.setattr(chunked.backend, "run", lambda feeds: causal_tokens.append(len(feeds["input_ids"])) or run(feeds))
+    for mode, tokens in expected.items():
+        causal_tokens.clear()
+        assert chunked.generate_ids(prompt, 30, mode=mode)[0] == tokens
+        assert causal_tokens[:5] == [8, 8, 8, 8, 0]  # 4 x (8 causal + 1 as the tree), then the last 0 + root
+        assert max(causal_tokens) == 8
+
+
 def test_weight_file_pages_are_released_after_every_step_losslessly(artifacts, monkeypatch):
     """The ONNX Runtime backend gives back the weight-file pages each call mapped in (mapped_pages);
     the tiny model's mappings are taken here (the size floor lowered): same tokens, one release per call."""

@@ -37,6 +37,11 @@ from .mapped_pages import MappedPages
 from .onnx_engine import OnnxEngine
 
 KV_DTYPES = {"float": np.float32, "float16": np.float16}
+# Prompt tokens per call on the CPU. A prefill's activations grow with the square of its length
+# (attention scores, the bias) and ONNX Runtime's arena keeps what it grew to: a 1,538-token prompt
+# in one call peaked at 1.13 GB of RSS for the default artifact's 575 MB of weights, in chunks of
+# 256 at 0.82 GB, and prefilled faster (4.3-4.6 s against 5.3-5.8 s). BENCHMARKS.md section H.
+CPU_PROMPT_CHUNK = 256
 ALIGNED_DEVICES = ("cuda",)  # devices whose bound addresses must be ALIGNMENT-aligned
 
 
@@ -64,7 +69,7 @@ class OrtBackend:
                        for layer in range(layers) for part in ("key", "value")}
         self._plan = BindingPlan.of(manifest.engine, self._address)
         self._staging, self._cuda = {}, None
-        self.max_causal_tokens = None  # CPU: a whole prompt per call
+        self.max_causal_tokens = CPU_PROMPT_CHUNK
         if self.device in ALIGNED_DEVICES:
             self.max_causal_tokens = STAGED_CAUSAL_TOKENS
             staging_rows = STAGED_CAUSAL_TOKENS + self._plan.path_length
