@@ -179,7 +179,8 @@ def test_train_tree_search_and_curves_commands(tmp_path, model_dirs):
 
     result = runner.invoke(app, ["training-curves", recipe.output_dir, "--plot", str(tmp_path / "curves.png")])
     assert result.exit_code == 0, result.output
-    curve = json.loads(result.stdout)["hydra"]
+    (label, curve), = json.loads(result.stdout).items()
+    assert label.startswith("hydra, ") and label.endswith(" answers")  # kind and training answers: one line per run
     assert curve["tokens"][0] == 0
     assert len(curve["simulated_mc_sim_7b_63"]) == len(curve["simulated_mc_sim_7b_63+copy8"]) == len(curve["tokens"])
     assert (tmp_path / "curves.png").stat().st_size > 10_000

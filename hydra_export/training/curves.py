@@ -27,7 +27,9 @@ def plot_learning_curves(heads_dirs: list[Path], out_path: Path) -> dict:
     points = {}
     for heads_dir in heads_dirs:
         log = read_log(heads_dir)
-        label = log["recipe"]["kind"]
+        label = log["recipe"]["kind"]  # and the data size, so runs of one kind on more data get their own line
+        if "train_sequences" in log:
+            label = f"{label}, {log['train_sequences']} answers"
         tokens = [entry["tokens"] for entry in log["log"]]
         top1 = [entry["top1"][0] for entry in log["log"]]
         point = points[label] = {"tokens": tokens, "head1_top1": top1}
