@@ -256,19 +256,24 @@ def test_cpu_prompts_longer_than_a_chunk_are_fed_in_chunks_losslessly(artifacts,
 
 
 def test_weight_file_pages_are_released_after_every_step_losslessly(artifacts, monkeypatch):
-    """The ONNX Runtime backend gives back the weight-file pages each call mapped in (mapped_pages);
-    the tiny model's mappings are taken here (the size floor lowered): same tokens, one release per call."""
+    """The ONNX Runtime backend caches its weight-file mappings in base pages once and gives back the
+    pages each call mapped in (mapped_pages); the tiny model's mappings are taken here (the size floor
+    lowered): same tokens, one release per call."""
     from hydra_runtime.backends import mapped_pages
 
     artifact = artifacts("llama", "hydra++")
     prompt = list(range(3, 40))
     expected = Generator.load(artifact).generate_ids(prompt, 30)[0]
     monkeypatch.setattr(mapped_pages, "MIN_MAPPING_BYTES", 1)
-    released = []
-    original = mapped_pages.MappedPages.release
+    released, reread = [], []
+    original, original_reread = mapped_pages.MappedPages.release, mapped_pages.MappedPages.reread_in_small_pages
     monkeypatch.setattr(mapped_pages.MappedPages, "release",
                         lambda self: released.append(len(self.ranges)) or original(self))
+    monkeypatch.setattr(mapped_pages.MappedPages, "reread_in_small_pages",
+                        lambda self: reread.append(len(self.ranges)) or original_reread(self))
     generator = Generator.load(artifact)
+    assert len(reread) == 1 and reread[0] > 0  # once, when the session is ready
+    released.clear()  # the reread releases first
     tokens, stats = generator.generate_ids(prompt, 30)
     assert tokens == expected
     assert len(released) == 1 + stats.steps and released[0] > 0  # the prefill, then every step

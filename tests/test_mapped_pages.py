@@ -44,10 +44,29 @@ def test_release_unmaps_read_pages_and_the_data_reads_back(weights_file, access)
     assert resident_kib(address) >= values.nbytes // 1024
 
     pages = MappedPages.of_files([path])
-    assert [start for start, _ in pages.ranges] == [address]
+    assert [mapping.address for mapping in pages.ranges] == [address]
+    assert [(mapping.path, mapping.offset) for mapping in pages.ranges] == [(path, 0)]
     pages.release()
     assert resident_kib(address) == 0
     np.testing.assert_array_equal(view, values)  # read again from the page cache
+    del view
+    mapping.close()
+
+
+def test_reread_in_small_pages_makes_a_lookup_map_a_few_pages(weights_file):
+    """A row read through the mapping maps at most the kernel's fault-around (64 KB) once the file
+    is cached in base pages. Written in one write and synced, the file sits in the page cache in
+    large folios where the kernel has them (this machine kind: one touch maps 2 MB without this)."""
+    path, values = weights_file
+    with open(path, "r+b") as file:
+        os.fsync(file.fileno())  # clean pages: only those can be dropped and read back
+        mapping = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+    view = np.frombuffer(mapping, dtype=np.float32)
+    MappedPages.of_files([path]).reread_in_small_pages()
+    middle = len(values) // 2 + 7
+    assert view[middle] == values[middle]
+    assert resident_kib(view.ctypes.data) <= 64
+    np.testing.assert_array_equal(view, values)
     del view
     mapping.close()
 

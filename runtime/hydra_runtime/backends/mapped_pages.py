@@ -14,8 +14,17 @@ I/O). A private mapping's page that was written to has become an anonymous copy,
 would discard: a mapping is only taken while it holds no such page (smaps' ``Anonymous: 0``)
 when the backend opens it, and nothing writes to an engine's initializers after that. The
 ranges are taken once the session exists and stay valid while it does (ONNX Runtime keeps an
-initializer's mapping for the session's life); the backend drops them when it closes. Linux
-only (``/proc/self/smaps``); elsewhere it finds nothing and does nothing.
+initializer's mapping for the session's life); the backend drops them when it closes.
+
+Released after a step, the folios are still mapped during it: the default command's 36-token
+prefill mapped 25 MB for 36 rows, the process's peak. So ``reread_in_small_pages()`` (once, when
+the session is ready) drops the mapped ranges from the page cache (``POSIX_FADV_DONTNEED``; a
+page another process maps stays) and reads them back through a descriptor advised
+``POSIX_FADV_RANDOM``: without readahead the kernel caches them in base pages, and a row maps
+a page or two (plus the kernel's fault-around, <= 64 KB). It costs one read of the tables
+(113 MB: ~0.1 s on this machine kind; BENCHMARKS.md H has the numbers).
+
+Linux only (``/proc/self/smaps``); elsewhere it finds nothing and does nothing.
 """
 
 from __future__ import annotations
@@ -23,14 +32,23 @@ from __future__ import annotations
 import ctypes
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 MADV_DONTNEED = 4
+REREAD_CHUNK_BYTES = 1 << 20
 MIN_MAPPING_BYTES = 1 << 20  # smaller mappings (norm weights, small constants) are not worth a syscall
 
 
+class Mapping(NamedTuple):
+    address: int
+    length: int  # bytes
+    path: Path  # the file it maps
+    offset: int  # where in the file it starts
+
+
 class MappedPages:
-    def __init__(self, ranges: list[tuple[int, int]]):
-        self.ranges = ranges  # (address, bytes) of each mapping to release
+    def __init__(self, ranges: list[Mapping]):
+        self.ranges = ranges
         self._madvise = _libc_madvise() if ranges else None
         if self._madvise is None:
             self.ranges = []
@@ -39,16 +57,49 @@ class MappedPages:
     def of_files(cls, files: list[Path]) -> MappedPages:
         """The mappings this process holds of ``files`` (>= MIN_MAPPING_BYTES, no written page)."""
         try:
-            identities = {(stat.st_dev, stat.st_ino) for stat in (os.stat(path) for path in files)}
-            ranges = [(start, end - start) for start, end, dev, inode, copied in _mappings()
-                      if (dev, inode) in identities and not copied and end - start >= MIN_MAPPING_BYTES]
+            paths = {}  # (st_dev, st_ino) -> the file
+            for path in files:
+                stat = os.stat(path)
+                paths[stat.st_dev, stat.st_ino] = Path(path)
+            ranges = [Mapping(start, end - start, paths[dev, inode], offset)
+                      for start, end, offset, dev, inode, copied in _mappings()
+                      if (dev, inode) in paths and not copied and end - start >= MIN_MAPPING_BYTES]
         except OSError:  # no /proc (not Linux), or a file gone: nothing to release
             return cls([])
         return cls(ranges)
 
     def release(self) -> None:
-        for address, length in self.ranges:
-            self._madvise(address, length, MADV_DONTNEED)
+        for mapping in self.ranges:
+            self._madvise(mapping.address, mapping.length, MADV_DONTNEED)
+
+    def reread_in_small_pages(self) -> None:
+        """Hold the mapped ranges in the page cache as base pages (see the module's docstring)."""
+        if not self.ranges or not hasattr(os, "posix_fadvise"):
+            return
+        self.release()  # a page this process maps cannot be dropped
+        for path in {mapping.path for mapping in self.ranges}:
+            try:
+                descriptor = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue  # gone or unreadable now: the mapping still reads, in large folios
+            try:
+                os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_RANDOM)
+                for mapping in (mapping for mapping in self.ranges if mapping.path == path):
+                    os.posix_fadvise(descriptor, mapping.offset, mapping.length, os.POSIX_FADV_DONTNEED)
+                    _read_range(descriptor, mapping.offset, mapping.length)
+            except OSError:
+                pass  # advice only: the pages read as before
+            finally:
+                os.close(descriptor)
+
+
+def _read_range(descriptor: int, offset: int, length: int) -> None:
+    end = offset + length
+    while offset < end:
+        read = len(os.pread(descriptor, min(REREAD_CHUNK_BYTES, end - offset), offset))
+        if read == 0:
+            return
+        offset += read
 
 
 def _libc_madvise():
@@ -63,8 +114,8 @@ def _libc_madvise():
 
 
 def _mappings():
-    """(start, end, st_dev, st_ino, copied) per mapping in /proc/self/smaps; copied: it holds
-    anonymous pages (private copies of pages written to)."""
+    """(start, end, file offset, st_dev, st_ino, copied) per mapping in /proc/self/smaps; copied:
+    it holds anonymous pages (private copies of pages written to)."""
     mapping = None
     with open("/proc/self/smaps") as smaps:
         for line in smaps:
@@ -76,8 +127,8 @@ def _mappings():
                     yield mapping
                 start, end = (int(bound, 16) for bound in fields[0].split("-"))
                 major, minor = (int(part, 16) for part in fields[3].split(":"))
-                mapping = [start, end, os.makedev(major, minor), int(fields[4]), False]
+                mapping = [start, end, int(fields[2], 16), os.makedev(major, minor), int(fields[4]), False]
             elif mapping is not None and fields[0] == "Anonymous:" and fields[1] != "0":
-                mapping[4] = True
+                mapping[5] = True
     if mapping is not None:
         yield mapping

@@ -79,8 +79,10 @@ class OrtBackend:
 
                 self._cuda = CudaRuntime.load()
         self._binding = session.io_binding()
-        # The weight-file pages a step maps in (embedding rows) are released after it: see mapped_pages.
+        # The weight-file pages a step maps in (embedding rows) are released after it, and held in the
+        # page cache as base pages so that a row maps a page, not a large folio: see mapped_pages.
         self._mapped_pages = MappedPages.of_files([Path(artifact_dir) / name for name in manifest.files])
+        self._mapped_pages.reread_in_small_pages()
         self.length = 0
 
     def _allocate(self, shape: tuple[int, ...]):
