@@ -22,7 +22,7 @@ the session is ready) drops the mapped ranges from the page cache (``POSIX_FADV_
 page another process maps stays) and reads them back through a descriptor advised
 ``POSIX_FADV_RANDOM``: without readahead the kernel caches them in base pages, and a row maps
 a page or two (plus the kernel's fault-around, <= 64 KB). It costs one read of the tables
-(113 MB: ~0.1 s on this machine kind; BENCHMARKS.md H has the numbers).
+(113 MB: ~0.1 s on this machine kind; BENCHMARKS.md J has the numbers).
 
 Linux only (``/proc/self/smaps``); elsewhere it finds nothing and does nothing.
 """
