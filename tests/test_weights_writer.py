@@ -118,3 +118,22 @@ def test_an_engine_with_an_unread_parameter_is_written_by_the_fallback(llama, tm
         i.name: onnx.numpy_helper.to_array(i).tobytes() for i in plain.graph.initializer}
     sizes = [(tmp_path / name / "weights.bin").stat().st_size for name in ("plain", "unread")]
     assert sizes[1] <= sizes[0]  # nothing of the unread parameter's 128 KiB
+
+
+@pytest.mark.parametrize("finish", ["wait", "close"])
+def test_gil_handed_over_quickly_while_the_thread_runs_then_restored(tmp_path, finish):
+    """The tracing thread holds the GIL; the writer's ~370 calls for a 1.1B model each waited up
+    to one switch interval for it. The interval is short only while the writer runs."""
+    import sys
+
+    from hydra_export.export.weights_writer import GIL_SWITCH_SECONDS
+
+    before = sys.getswitchinterval()
+    writer = WeightsWriter(tmp_path / "weights.bin", _parameters(), ALIGN, 1)
+    assert sys.getswitchinterval() == before  # not before start()
+    writer.start()
+    assert sys.getswitchinterval() == pytest.approx(min(before, GIL_SWITCH_SECONDS))
+    getattr(writer, finish)()
+    assert sys.getswitchinterval() == pytest.approx(before)
+    writer.close()
+    assert sys.getswitchinterval() == pytest.approx(before)
