@@ -105,8 +105,34 @@ def _load_hf_dir(path: Path, dtype: torch.dtype, name: str) -> BaseModel:
 
 
 def load_gguf(path: Path, dtype: torch.dtype = torch.float32) -> BaseModel:
-    """Load a GGUF file; transformers de-quantizes the weights to ``dtype``."""
+    """Load a GGUF file; transformers' GGUF reader de-quantizes the weights to ``dtype``.
+
+    Not through ``from_pretrained``, which refuses GGUF files unless ``accelerate`` is installed
+    (the build does not need it otherwise, and transformers imports it into every build when it
+    is there): the model is made from the file's config without initialising its weights (the
+    allocations stay untouched, so nothing is resident twice), then the file's tensors replace them.
+    """
+    from transformers.initialization import no_init_weights
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
     kwargs = {"gguf_file": path.name}
-    model = AutoModelForCausalLM.from_pretrained(path.parent, dtype=dtype, **kwargs)
+    config = AutoConfig.from_pretrained(path.parent, **kwargs)
+    architecture_for(config.model_type)  # fail before de-quantizing
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    tensors = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model, torch_dtype=dtype)["tensors"]
+    missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
+    model.tie_weights()
+    missing = [name for name in missing if not _is_tied_output(model, name)]
+    if missing or unexpected:
+        raise UnsupportedModelError(f"{path}: the GGUF file's tensors do not match a {type(model).__name__} "
+                                    f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     tokenizer = AutoTokenizer.from_pretrained(path.parent, **kwargs)
     return wrap_model(model, tokenizer, name=str(path))
+
+
+def _is_tied_output(model: PreTrainedModel, name: str) -> bool:
+    """``name`` is the LM head's weight and the model ties it to the input embedding."""
+    output = model.get_output_embeddings()
+    return (getattr(model.config, "tie_word_embeddings", False) and output is not None
+            and output.weight is model.get_input_embeddings().weight and name.endswith("lm_head.weight"))

@@ -28,6 +28,31 @@ def test_tied_embeddings_survive_saving(tmp_path, llama):
     assert loaded.lm_head.weight.data_ptr() == loaded.embed_tokens.weight.data_ptr()
 
 
+def test_gguf_file_loads_as_transformers_reads_it_without_accelerate(tmp_path, llama):
+    """The default model comes as a GGUF file, and README's install has no accelerate (which
+    transformers' from_pretrained demands for GGUF files): the build's main job needs this path."""
+    from tiny_gguf import write_tiny_llama_gguf
+
+    path = write_tiny_llama_gguf(llama, tmp_path / "tiny.gguf")
+    for source in (path, tmp_path):  # the file, or a folder holding one GGUF file
+        loaded = load_base_model(source)
+        expected, got = llama.model.state_dict(), loaded.model.state_dict()
+        assert set(got) == set(expected)
+        assert all(torch.equal(got[name], expected[name]) for name in expected)
+        assert loaded.lm_head.weight is loaded.embed_tokens.weight  # still tied
+        ids = torch.tensor([[3, 4, 5]])
+        torch.testing.assert_close(loaded.model(ids).logits, llama.model(ids).logits)
+        assert loaded.tokenizer.convert_ids_to_tokens([3, 4]) == ["<t3>", "<t4>"]
+
+
+def test_gguf_file_missing_a_tensor_is_refused_by_name(tmp_path, llama):
+    from tiny_gguf import write_tiny_llama_gguf
+
+    path = write_tiny_llama_gguf(llama, tmp_path / "tiny.gguf", leave_out=("model.layers.1.mlp.down_proj.weight",))
+    with pytest.raises(UnsupportedModelError, match=r"tiny\.gguf.*missing \['model\.layers\.1\.mlp\.down_proj"):
+        load_base_model(path)
+
+
 def test_bad_source_says_what_is_accepted(tmp_path):
     with pytest.raises(UnsupportedModelError, match="Hugging Face directory.*gguf"):
         load_base_model(tmp_path / "missing")
