@@ -18,7 +18,8 @@ from hydra_runtime.backends.decode_backend import is_kv
 from hydra_runtime.engine import COPY_TOKENS, INPUT_IDS, NEXT_TREE_TOKENS, PAST_PREFIX, PRESENT_PREFIX, TREE_TOKENS
 from hydra_runtime.generator import Generator
 from hydra_runtime.manifest import Manifest, inside_artifact
-from hydra_runtime.sampling import SamplingConfig
+from hydra_runtime.sampling import SamplingConfig, greedy_feeds
+from hydra_runtime.tree import TreeBuffers
 
 from .artifact_builder import DTYPES
 from .base_model import load_base_model
@@ -54,10 +55,12 @@ class VerifyReport:
         return numeric and self.polygraphy_passed and self.lossless
 
 
-def engine_cases(prompt_ids: list[int], tree_nodes: int) -> dict[str, dict]:
-    """Feeds for each kind of engine call, before any K/V exists (the past comes from the prefill):
-    name -> (input_ids, tree_tokens, copy_tokens (none at prefill), sampling settings)."""
-    greedy, sampled = SamplingConfig().engine_feeds(0.0), SamplingConfig(temperature=0.8).engine_feeds(0.6)
+def engine_cases(prompt_ids: list[int], tree: TreeBuffers) -> dict[str, dict]:
+    """Feeds for each kind of engine call on ``tree``'s engine, before any K/V exists (the past comes
+    from the prefill): name -> (input_ids, tree_tokens, copy_tokens (none at prefill), sampling settings)."""
+    uniforms = np.random.default_rng(0).random(tree.num_verified)
+    greedy, sampled = greedy_feeds(tree.num_verified), SamplingConfig(temperature=0.8).engine_feeds(uniforms)
+    tree_nodes = tree.num_nodes
     prompt = np.asarray(prompt_ids, dtype=np.int64)
     root = prompt[-1:]
     greedy, sampled = ({COPY_TOKENS: prompt[:0]} | controls for controls in (greedy, sampled))
@@ -96,7 +99,7 @@ def verify_artifact(
     empty = {name: np.zeros((1, 0, *spec.shape[2:]), dtype=KV_NUMPY[spec.dtype])
              for name, spec in ((spec.name, spec) for spec in manifest.engine.inputs) if is_kv(name)}
     feeds_by_case = {}
-    for case, host in engine_cases(prompt_ids, tree.num_nodes).items():
+    for case, host in engine_cases(prompt_ids, tree).items():
         feeds = host | empty
         expected = torch_engine.run(feeds)
         if onnx_engine is not None:

@@ -108,9 +108,12 @@ def run_benchmark(
     transformers: TransformersBaseline | None = None,
     advance=lambda rates: None,
     modes: tuple[str, ...] = ("hydra", "autoregressive"),
+    temperature: float = 0.0,
 ) -> dict:
     """Per prompt, each of ``modes`` on the same engine (alternating which goes first).
-    ``advance(rates)`` is called after each prompt with the tokens/s of each mode so far."""
+    ``advance(rates)`` is called after each prompt with the tokens/s of each mode so far.
+    ``temperature`` > 0: sampled, prompt i seeded with i in every mode (outputs then differ
+    between modes by design: no identity check)."""
     totals = {mode: ModeTotals() for mode in modes}
     if transformers is not None:
         totals["transformers"] = ModeTotals()
@@ -128,7 +131,8 @@ def run_benchmark(
             order = list(modes) if index % 2 == 0 else list(reversed(modes))
             results = {}
             for mode in order:
-                ids, stats = generator.generate_ids(prompt_ids, max_new_tokens, mode=mode)
+                ids, stats = generator.generate_ids(prompt_ids, max_new_tokens, mode=mode, temperature=temperature,
+                                                    seed=index)
                 seconds = stats.prefill_seconds + stats.decode_seconds
                 totals[mode].add(len(ids), seconds, stats.steps, stats.accepted_lengths)
                 results[mode] = (ids, stats)
@@ -137,7 +141,7 @@ def run_benchmark(
                 "turn": turn,
                 "prompt_tokens": len(prompt_ids),
             }
-            if len(results) == 2:
+            if len(results) == 2 and temperature == 0:
                 sample["identical"] = results["hydra"][0] == results["autoregressive"][0]
             for mode, (ids, stats) in results.items():
                 sample[mode] = stats.as_dict()
@@ -155,7 +159,7 @@ def run_benchmark(
     for faster, slower in (("hydra", "autoregressive"), ("autoregressive", "transformers"), ("hydra", "transformers")):
         if faster in rate and rate.get(slower):
             summary[f"{faster}_over_{slower}"] = round(rate[faster] / rate[slower], 3)
-    if len(modes) == 2:
+    if len(modes) == 2 and temperature == 0:
         summary["lossless"] = all(sample["identical"] for sample in samples)
     summary["samples"] = len(samples)
     return {"summary": summary, "samples": samples}

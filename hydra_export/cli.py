@@ -62,6 +62,8 @@ ModelOption = Annotated[
     str, typer.Option("--model", "-m", help="Named model, Hugging Face directory, or .gguf file.")
 ]
 MaxNewTokens = Annotated[int, typer.Option("--max-new-tokens", "-n", min=1, help="Tokens to generate at most.")]
+Temperature = Annotated[float, typer.Option(min=0.0, help="0: greedy (lossless); > 0: sampled, distributed as the "
+                                            "base model's own sampling.")]
 Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="Engine threads (default: all cores).")]
 Backend = Annotated[BackendChoice, typer.Option(help="ONNX Runtime on cpu or cuda, or tensorrt; auto: the fastest "
                                                 "this machine has.")]
@@ -421,7 +423,7 @@ def generate(
     max_new_tokens: MaxNewTokens = 256,
     mode: Annotated[ModeChoice, typer.Option(help="hydra, or autoregressive (the base model alone, same "
                                              "engine).")] = ModeChoice.hydra,
-    temperature: Annotated[float, typer.Option(min=0.0, help="0: greedy (lossless); > 0: typical acceptance.")] = 0.0,
+    temperature: Temperature = 0.0,
     seed: Annotated[int, typer.Option(min=0, help="Seed of the sampler (temperature > 0).")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of streaming.")] = False,
     threads: Threads = None,
@@ -457,6 +459,8 @@ def bench(
         "--transformers-baseline", help="Also time transformers `generate` on the same prompts.")] = False,
     modes: Annotated[str, typer.Option(help="Comma-separated: hydra,autoregressive (both: speed and "
                                        "losslessness; hydra alone: acceptance only).")] = "hydra,autoregressive",
+    temperature: Annotated[float, typer.Option(min=0.0, help="0: greedy (lossless, checked per prompt); > 0: "
+                                               "sampled (prompt i seeded with i; speed and acceptance only).")] = 0.0,
     threads: Threads = None,
     backend: Backend = BackendChoice.auto,
 ):
@@ -468,6 +472,8 @@ def bench(
     mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
     if not mode_list or set(mode_list) - {"hydra", "autoregressive"} or "hydra" not in mode_list:
         raise HydraExportError(f"--modes must be 'hydra' or 'hydra,autoregressive', got {modes!r}")
+    if temperature > 0 and transformers_baseline:
+        raise HydraExportError("--transformers-baseline times greedy decoding; use it with --temperature 0")
     conversations = read_prompts(prompts, limit, turns)
     generator = Generator.load(artifact, backend=backend.value, threads=threads)
     baseline = TransformersBaseline(generator.manifest.base_model.name) if transformers_baseline else None
@@ -478,9 +484,10 @@ def bench(
             so_far = ", ".join(f"{mode} {rate:.1f} tok/s" for mode, rate in rates.items())
             progress.update(task, advance=1, description=f"benchmark: {so_far}")
 
-        report = run_benchmark(generator, conversations, max_new_tokens, baseline, advance=advance, modes=mode_list)
+        report = run_benchmark(generator, conversations, max_new_tokens, baseline, advance=advance, modes=mode_list,
+                               temperature=temperature)
     report["config"] = {"artifact": str(artifact), "prompts": str(prompts), "limit": limit, "turns": turns,
-                        "max_new_tokens": max_new_tokens, "threads": threads,
+                        "max_new_tokens": max_new_tokens, "temperature": temperature, "threads": threads,
                         "backend": generator.backend.name,
                         "tree": generator.manifest.tree.name,
                         "heads": generator.manifest.heads.get("kind")}

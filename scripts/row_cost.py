@@ -18,7 +18,7 @@ import numpy as np
 
 from hydra_runtime.engine import COPY_TOKENS, INPUT_IDS, TREE_TOKENS
 from hydra_runtime.generator import Generator
-from hydra_runtime.sampling import SamplingConfig
+from hydra_runtime.sampling import greedy_feeds
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
 
     generator = Generator.load(args.artifact, verify_checksums=False)
     backend, tree = generator.backend, generator.tree
-    feeds = SamplingConfig(temperature=0.0).engine_feeds(0.0)
+    feeds = greedy_feeds(tree.num_verified)
     rng = np.random.default_rng(0)
     vocab = generator.manifest.base_model.vocab_size
     prompt = rng.integers(0, vocab, args.context).astype(np.int64)

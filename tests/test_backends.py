@@ -146,7 +146,7 @@ def test_polygraphy_comparison_of_two_runners(artifacts):
     manifest = Manifest.read(artifact)
     empty = {spec.name: np.zeros((1, 0, *spec.shape[2:]), np.float32)
              for spec in manifest.engine.inputs if spec.name.startswith("past_key_values.")}
-    feeds = engine_cases([5, 9, 33, 7], manifest.tree.num_nodes)["prefill"] | empty
+    feeds = engine_cases([5, 9, 33, 7], manifest.tree_buffers())["prefill"] | empty
     path = artifact / manifest.engine.file
     rows, passed = compare_runners("prefill", onnxruntime_runner(path), onnxruntime_runner(path), feeds, 1e-5)
     assert passed
@@ -320,7 +320,7 @@ def test_bf16_plans_are_compared_with_pytorch(llama):
     torch_engine = TorchEngine(spec)
     empty = {name: np.zeros((1, 0, *spec.sample_inputs[i].shape[2:]), KV_NUMPY["bfloat16"])
              for i, name in enumerate(spec.input_names) if name.startswith("past_key_values")}
-    cases = {case: host | empty for case, host in engine_cases([5, 9, 33, 7], tree.num_nodes).items()}
+    cases = {case: host | empty for case, host in engine_cases([5, 9, 33, 7], tree).items()}
 
     class ModuleRunner:
         def __init__(self, offset=0.0):

@@ -45,6 +45,14 @@ def test_build_then_inspect_generate_verify_bench(tmp_path, model_dirs, artifact
     assert "autoregressive" not in json.loads(result.stdout) and "lossless" not in json.loads(result.stdout)
     result = invoke("bench", out, "--prompts", prompts, "--modes", "fast")
     assert result.exit_code == 1 and "--modes must be" in result.output
+    sampled = [json.loads(invoke("bench", out, "--prompts", prompts, "--limit", 2, "-n", 8, "--temperature", 0.9,
+                                 "--json", report_path).stdout) for _ in range(2)]
+    assert sampled[0]["config"]["temperature"] == 0.9 and "lossless" not in sampled[0]  # sampled: no identity check
+    assert {"hydra", "autoregressive"} <= set(sampled[0])
+    for key in ("new_tokens", "mean_accepted_length"):  # seeded per prompt: the same run twice
+        assert sampled[0]["hydra"][key] == sampled[1]["hydra"][key]
+    result = invoke("bench", out, "--prompts", prompts, "--temperature", 0.5, "--transformers-baseline")
+    assert result.exit_code == 1 and "use it with --temperature 0" in result.output
 
     monkeypatch.setenv("HYDRA_EXPORT_CACHE", str(tmp_path / "cache"))  # the greedy answers are cached there
     result = invoke("simulate", out, "--prompts", prompts, "--limit", 2, "--max-new-tokens", 12)

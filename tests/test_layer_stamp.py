@@ -46,7 +46,7 @@ def test_stamped_engine_equals_the_full_trace(request, tmp_path, monkeypatch, mo
     sessions = _session(tmp_path / "stamped" / "engine.onnx"), _session(tmp_path / "full" / "engine.onnx")
     kv = spec.sample_inputs[-1].shape[2:]
     past = {name: np.zeros((1, 0, *kv), np.float32) for name in spec.input_names if name.startswith("past_key")}
-    for case, host in engine_cases([5, 9, 33, 7, 12], tree.num_nodes).items():
+    for case, host in engine_cases([5, 9, 33, 7, 12], tree).items():
         outputs = [dict(zip([o.name for o in s.get_outputs()], s.run(None, host | past))) for s in sessions]
         for name, expected in outputs[1].items():
             if expected.dtype.kind == "f":

@@ -91,7 +91,7 @@ def test_prompt_longer_than_context_is_refused(llama):
         decoder.generate(list(range(3, 19)), 4)
 
 
-def test_typical_acceptance_is_seeded_and_respects_limits(qwen2):
+def test_speculative_sampling_is_seeded_and_respects_limits(qwen2):
     decoder = ReferenceDecoder(qwen2, random_heads(qwen2, "hydra++"), TreeBuffers.from_name("tree16"))
     sampling = SamplingConfig(temperature=0.8)
     runs = [decoder.generate([5, 6, 7], 25, sampling=sampling, seed=0).tokens for _ in range(2)]
@@ -131,7 +131,7 @@ def test_copy_chain_stays_lossless_and_is_accepted_past_the_heads_depth(base, ki
     assert longest > tree.max_depth + 1  # only the copy chain reaches that far (random models repeat themselves)
 
 
-def test_copy_chain_with_typical_acceptance_is_seeded(qwen2):
+def test_copy_chain_with_speculative_sampling_is_seeded(qwen2):
     decoder = ReferenceDecoder(qwen2, random_heads(qwen2, "hydra"), TreeBuffers.from_name("tree8", copy_nodes=4))
     sampling = SamplingConfig(temperature=0.7)
     runs = [decoder.generate([5, 6, 7, 5, 6], 30, sampling=sampling, seed=3).tokens for _ in range(2)]

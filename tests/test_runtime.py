@@ -112,7 +112,7 @@ def test_seeded_sampling_matches_the_reference_decoder(artifacts, model_dirs, mo
     heads = load_heads(artifact / "heads", base.config)
     assert generator.tree.copy_nodes == 4  # the reference decodes with the artifact's tree, chain included
     decoder = ReferenceDecoder(base, heads, generator.tree, max_seq_len=256)
-    sampling = SamplingConfig(temperature=0.9, posterior_threshold=0.2, posterior_alpha=0.4)
+    sampling = SamplingConfig(temperature=0.9)
     for seed, prompt in enumerate(prompts(3, seed=9)):
         expected = decoder.generate(prompt, 30, eos_token_ids=(2,), sampling=sampling, seed=seed).tokens
         ids, _ = generator.generate_ids(prompt, 30, sampling=sampling, seed=seed)

@@ -19,8 +19,8 @@ from hydra_runtime.acceptance import (
     greedy_node_ok,
     longest_accepted_rows,
     parent_rows,
-    typical_node_ok,
-    typical_thresholds,
+    residual_probs,
+    speculative_sampling_ok,
 )
 from hydra_runtime.copy_drafts import CopyDrafts
 from hydra_runtime.decode_loop import nodes_that_fit
@@ -88,15 +88,16 @@ class ReferenceDecoder:
             rows = longest_accepted_rows(self.tree, nodes, greedy_node_ok(tokens_np, predictions, parents))
             return rows, int(predictions[rows[-1]])
         probs_np = torch.softmax(logits.double() / sampling.temperature, dim=-1).numpy()  # [m, vocab]
-        candidate = probs_np[parents, tokens_np]
-        thresholds = typical_thresholds(probs_np, sampling.posterior_threshold, sampling.posterior_alpha)
-        rows = longest_accepted_rows(self.tree, nodes, typical_node_ok(tokens_np, candidate, thresholds, parents))
-        return rows, inverse_cdf(probs_np[rows[-1]], rng.random())
+        uniforms = rng.random(self.tree.num_verified)  # one draw per row, as the engines take them
+        ok = speculative_sampling_ok(tokens_np, probs_np[parents, tokens_np], parents, uniforms[: len(nodes)])
+        rows = longest_accepted_rows(self.tree, nodes, ok)
+        return rows, inverse_cdf(residual_probs(probs_np[rows[-1]], tokens_np, parents, rows[-1]), uniforms[0])
 
     def _first_token(self, logits, sampling: SamplingConfig, rng) -> int:
         if sampling.temperature <= 0:
             return int(logits.argmax())
-        return inverse_cdf(torch.softmax(logits.double() / sampling.temperature, dim=-1).numpy(), rng.random())
+        uniforms = rng.random(self.tree.num_verified)  # the engines' prefill call takes a row's worth too
+        return inverse_cdf(torch.softmax(logits.double() / sampling.temperature, dim=-1).numpy(), uniforms[0])
 
     @torch.no_grad()
     def generate(
@@ -107,7 +108,8 @@ class ReferenceDecoder:
         sampling: SamplingConfig = SamplingConfig(),
         seed: int = 0,
     ) -> ReferenceResult:
-        """Greedy (lossless) or, with ``sampling.temperature`` > 0, typical acceptance seeded by ``seed``."""
+        """Greedy (lossless) or, with ``sampling.temperature`` > 0, speculative sampling seeded by ``seed``
+        (distributed as the base model's own sampling)."""
         prompt_length = len(input_ids)
         if prompt_length == 0 or prompt_length >= self.max_seq_len:
             raise GenerationInputError(
@@ -119,7 +121,7 @@ class ReferenceDecoder:
         hidden = decoder(input_ids=torch.tensor([input_ids]), cache=cache, use_cache=True).last_hidden_state
         context_cache = heads.new_context_cache()
         context = heads.context(hidden, torch.arange(prompt_length)[None], context_cache)[0, -1]  # [H]
-        rng = np.random.default_rng(seed)  # one draw per sampled root, in the engines' order
+        rng = np.random.default_rng(seed)  # V draws per engine call, in the engines' order
         root = self._first_token(lm_head(hidden[0, -1]), sampling, rng)
 
         result = ReferenceResult(tokens=[])

@@ -65,7 +65,7 @@ def build_engine_spec(base: BaseModel, heads: DraftHeads, tree: TreeBuffers, max
     layers = decoder.num_layers + (1 if heads.has_context_layer else 0)
     kv_shape = (1, SAMPLE_PAST, decoder.num_kv_heads, decoder.head_dim)
     vocab = base.config.vocab_size
-    controls = tuple(torch.tensor(value) for value in (0.7, 0.09, 0.3, 0.5))  # temperature, threshold, alpha, uniform
+    controls = (torch.tensor(0.7), torch.rand(tree.num_verified))  # temperature [], random_uniforms [V]
     return GraphSpec(
         name=ENGINE_GRAPH,
         module=EngineGraph(decoder, heads, tree).eval(),

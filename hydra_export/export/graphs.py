@@ -1,11 +1,11 @@
 """The module traced into the artifact's one engine graph (EngineGraph).
 
 One call per decode step: append causal tokens (the prompt at prefill), a prefix of the
-static tree and of its copy chain, verify them, accept the longest agreeing path (greedy, or typical
-acceptance when temperature > 0), gather the accepted K/V rows, run the context layer
+static tree and of its copy chain, verify them, accept the longest agreeing path (greedy, or
+speculative sampling when temperature > 0), gather the accepted K/V rows, run the context layer
 (Hydra++), and draft the next tree. Only token ids, a count and the accepted K/V rows leave
 the engine; no vocab-sized tensor does. Greedy and sampling, drafting or not, are chosen by
-inputs (both acceptance tests are computed and one selected: torch.cond does not export here).
+inputs (both acceptance rules are computed and one selected: torch.cond does not export here).
 
 Every tree constant (mask, depths, paths, expansion plan) is a buffer, hence a graph
 constant. N = drafted tree nodes, C = copy-chain nodes, V = N + C, D = drafted depth,
@@ -35,11 +35,38 @@ def causal_bias(length: int | torch.Tensor, past: int | torch.Tensor, dtype: tor
     return additive_bias(cols <= rows, dtype)
 
 
-def sample_token(logits: torch.Tensor, temperature: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
-    """logits [V] -> [1]: the first index whose cumulative probability reaches ``uniform``."""
-    cdf = torch.cumsum(torch.softmax(logits.float() / temperature, dim=-1), dim=-1)
+def sample_token(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """probs [V] (unnormalised) -> [1]: the first index whose cumulative probability reaches
+    ``uniform`` of the total (sampling.inverse_cdf)."""
+    cdf = torch.cumsum(probs, dim=-1)
     index = (cdf < uniform * cdf[-1]).float().sum().to(torch.int64)  # float sum: no int64 reductions on GPUs
-    return torch.clamp(index, max=logits.shape[-1] - 1).reshape(1)
+    return torch.clamp(index, max=probs.shape[-1] - 1).reshape(1)
+
+
+def without_tokens(probs: torch.Tensor, tokens: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
+    """probs [V] with probs[tokens[i]] = 0 where removed[i] (tokens, removed: [m])."""
+    vocab = probs.shape[0]
+    slots = torch.where(removed, tokens, vocab)  # the others write to a spare slot, cut off after
+    padded = torch.cat([probs, probs.new_zeros(1)])
+    return padded.index_put((slots,), probs.new_zeros(tokens.shape[0]))[:vocab]
+
+
+def speculative_sampling_ok(probs: torch.Tensor, drafts: torch.Tensor, parent_rows: torch.Tensor,
+                            uniforms: torch.Tensor) -> torch.Tensor:
+    """hydra_runtime.acceptance.speculative_sampling_ok over the verified rows: probs [m, V] (each
+    row's next-token distribution at the temperature), drafts, parent_rows, uniforms [m] -> accepted
+    [m] (root's True)."""
+    m = drafts.shape[0]
+    probs = probs[parent_rows, drafts]  # [m]: P(draft | parent)
+    rows = torch.arange(m)
+    earlier_sibling = ((parent_rows[:, None] == parent_rows[None, :]) & (rows[None, :] < rows[:, None])
+                       & (rows[None, :] > 0)).float()  # [m, m]: j is an earlier child of i's parent
+    repeated = (earlier_sibling * (drafts[:, None] == drafts[None, :]).float()).sum(dim=1) > 0
+    probs = torch.where(repeated, 0.0, probs)  # a token tried already has no probability left
+    left = 1 - (earlier_sibling * probs[None, :]).sum(dim=1)  # [m]
+    taken = (probs > 0) & (uniforms * left < probs)
+    passed_over = (earlier_sibling * taken.float()[None, :]).sum(dim=1) > 0  # an earlier sibling was taken
+    return (taken & ~passed_over) | (rows == 0)
 
 
 class TreeDrafter(nn.Module):
@@ -118,8 +145,9 @@ class EngineGraph(nn.Module):
     each row to its node in the static tree buffers, ``rows_of`` maps back (absent nodes -> row 0).
 
     Inputs: input_ids [T], tree_tokens [n], copy_tokens [c], temperature [] (0: greedy; > 0:
-    typical acceptance and a sampled root), posterior_threshold [], posterior_alpha [],
-    random_uniform [], past K/V [1, P, kv, d] per layer (context layer last).
+    speculative sampling, distributed as the base model's sampling), random_uniforms [V] (row r's
+    acceptance draw; row 0's for the token after the path), past K/V [1, P, kv, d] per layer
+    (context layer last).
     Outputs: next_tree_tokens [n], accepted_nodes [W] (rows of tree_tokens ++ copy_tokens,
     root first, valid up to accepted_count), accepted_count [] (>= 1), and per layer K/V
     [1, T+W, kv, d]: the T causal rows, then the rows of accepted_nodes. The runtime keeps
@@ -146,8 +174,7 @@ class EngineGraph(nn.Module):
         self.register_buffer("path_present", _const(paths[:, 1:] >= 0))  # [L, W-1]
         self.register_buffer("path_offsets", torch.arange(self.path_length))  # [W]
 
-    def forward(self, input_ids, tree_tokens, copy_tokens, temperature, posterior_threshold, posterior_alpha,
-                random_uniform, *past):
+    def forward(self, input_ids, tree_tokens, copy_tokens, temperature, random_uniforms, *past):
         base_past = list(past[: self.num_base_kv])
         p = base_past[0].shape[1]
         t = input_ids.shape[0]
@@ -165,14 +192,15 @@ class EngineGraph(nn.Module):
                                        self._bias(p, t, nodes))  # [T+n+c, H]
         logits = self.decoder.lm_head(hidden[t:])  # [n+c, V]: the verified rows only
         parent_rows = rows_of[self.parents[nodes]]  # [n+c], the root -> itself
-        # Both tests are computed and one is selected (no control flow in the graph; the typical
-        # test's softmax over the verified rows is small beside the forward pass).
+        # Both rules are computed and one is selected (no control flow in the graph; sampling's
+        # normaliser over the verified rows is small beside the forward pass).
         sampling = temperature > 0
         greedy_ok = drafts == torch.argmax(logits, dim=-1)[parent_rows]  # [n+c]
-        typical_ok = self._typical_ok(logits, drafts, parent_rows, temperature.clamp(min=1e-4), posterior_threshold,
-                                      posterior_alpha)  # [n+c]
+        # Softmax, not exp(x - logsumexp): ONNX Runtime's ReduceLogSumExp took 3.4 ms over 20 rows.
+        probs = torch.softmax(logits.float() / temperature.clamp(min=1e-4), dim=-1)  # [n+c, vocab]
+        sampled_ok = speculative_sampling_ok(probs, drafts, parent_rows, random_uniforms[: n + c])  # [n+c]
         verifying = torch.ones_like(input_ids).sum() == 0  # False at prefill: only the root counts
-        chosen_ok = (sampling & typical_ok) | (~sampling & greedy_ok)  # Where has no bool kernel in ORT
+        chosen_ok = (sampling & sampled_ok) | (~sampling & greedy_ok)  # Where has no bool kernel in ORT
         row_ok = (chosen_ok & verifying) | (torch.arange(n + c) == 0)  # [n+c]
         node_ok = row_ok[rows_of] & present_nodes  # [V]: absent nodes fail
         child_ok = node_ok[self.path_children] & self.path_present  # [L, W-1]
@@ -184,10 +212,11 @@ class EngineGraph(nn.Module):
         # Nodes past the accepted ones -> the root (row 0), so every gather stays inside the given rows.
         path = rows_of[torch.where(self.path_offsets < count, self.paths[best], 0)]  # [W] rows
         last = path[count - 1]
-        last_logits = logits[last]  # [V]
-        greedy_root = torch.argmax(last_logits, dim=-1).reshape(1)
-        root = torch.where(sampling, sample_token(last_logits, temperature.clamp(min=1e-4), random_uniform),
-                           greedy_root)  # [1]
+        greedy_root = torch.argmax(logits[last], dim=-1).reshape(1)
+        # Sampled: from what is left after the last row's children, all tried and not taken.
+        tried = verifying & (parent_rows == last) & (torch.arange(n + c) > 0)  # [n+c]
+        residual = without_tokens(probs[last], drafts, tried)  # [V]
+        root = torch.where(sampling, sample_token(residual, random_uniforms[0]), greedy_root)  # [1]
 
         rows = torch.cat([torch.arange(t), t + path])  # [T+W]: causal rows, then the accepted path
         accepted = [kv[:, rows] for kv in present]  # [1, T+W, kv, d] each
@@ -213,11 +242,3 @@ class EngineGraph(nn.Module):
         blocked = torch.full((t, m), torch.finfo(dtype).min, dtype=dtype)  # causal rows never see the tree
         tree = torch.cat([torch.zeros(m, p + t, dtype=dtype), self.tree_bias[nodes][:, nodes]], dim=1)  # [m, P+T+m]
         return torch.cat([torch.cat([causal, blocked], dim=1), tree], dim=0)
-
-    def _typical_ok(self, logits, drafts, parent_rows, temperature, posterior_threshold, posterior_alpha):
-        """Typical acceptance (Medusa): p(node | parent) > min(epsilon, alpha * exp(-entropy(parent)))."""
-        probs = torch.softmax(logits.float() / temperature, dim=-1)  # [m, V]
-        candidate = probs[parent_rows, drafts]  # [m]
-        entropy = -(probs * torch.log(probs + 1e-10)).sum(dim=-1)  # [m]
-        threshold = torch.minimum(posterior_threshold, posterior_alpha * torch.exp(-entropy))  # [m]
-        return candidate > threshold[parent_rows]

@@ -52,16 +52,36 @@ def greedy_node_ok(tokens: np.ndarray, predictions: np.ndarray, parents: np.ndar
     return ok
 
 
-def typical_thresholds(probs: np.ndarray, posterior_threshold: float, posterior_alpha: float) -> np.ndarray:
-    """Typical acceptance (Medusa): min(epsilon, alpha * exp(-entropy)) per node. probs: [n, V] -> [n]."""
-    entropy = -(probs * np.log(probs + 1e-10)).sum(axis=-1)
-    return np.minimum(posterior_threshold, posterior_alpha * np.exp(-entropy))
-
-
-def typical_node_ok(
-    tokens: np.ndarray, candidate_probs: np.ndarray, thresholds: np.ndarray, parents: np.ndarray
+def speculative_sampling_ok(
+    tokens: np.ndarray, candidate_probs: np.ndarray, parents: np.ndarray, uniforms: np.ndarray
 ) -> np.ndarray:
-    """candidate_probs[i]: probability the base model gives token i after node i's parent. [n] -> [n] bool."""
-    ok = candidate_probs > thresholds[np.maximum(parents, 0)]
+    """Speculative sampling over each parent's children, in row order (rows [m]).
+
+    candidate_probs[i]: the probability the base model gives tokens[i] after row i's parent;
+    parents[i]: that parent's row (the root's is itself); uniforms[i]: row i's draw. A parent's
+    first child is taken with its probability; if not, the next with its probability under what
+    is left once the children tried are removed (a token already tried has none left), and so on;
+    the first child taken is the only accepted one. Where none is taken, the token after the parent
+    is drawn from what is left (``residual_probs``). The result is distributed exactly as sampling
+    from the base model. Returns accepted [m] bool (the root's entry True).
+    """
+    m = tokens.shape[0]
+    rows = np.arange(m)
+    earlier_sibling = (parents[:, None] == parents[None, :]) & (rows[None, :] < rows[:, None]) & (rows[None, :] > 0)
+    repeated = (earlier_sibling & (tokens[:, None] == tokens[None, :])).any(axis=1)
+    probs = np.where(repeated, 0.0, candidate_probs)
+    left = 1.0 - (earlier_sibling * probs[None, :]).sum(axis=1)  # mass not yet tried at the parent
+    taken = (probs > 0) & (uniforms * left < probs)
+    ok = taken & ~(earlier_sibling & taken[None, :]).any(axis=1)
     ok[0] = True
     return ok
+
+
+def residual_probs(probs: np.ndarray, tokens: np.ndarray, parents: np.ndarray, last: int, verifying: bool = True
+                   ) -> np.ndarray:
+    """probs [V] after row ``last`` (the accepted path's end) without the tokens of its children
+    rows, which were all tried and not taken (unnormalised; none removed when ``verifying`` is False)."""
+    tried = (parents == last) & (np.arange(tokens.shape[0]) > 0) & verifying
+    residual = probs.copy()
+    residual[tokens[tried]] = 0.0
+    return residual

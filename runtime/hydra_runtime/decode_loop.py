@@ -16,12 +16,11 @@ import numpy as np
 from .backends.decode_backend import DecodeBackend
 from .copy_drafts import CopyDrafts
 from .engine import ACCEPTED_COUNT, ACCEPTED_NODES, COPY_TOKENS, INPUT_IDS, NEXT_TREE_TOKENS, TREE_TOKENS
-from .sampling import SamplingConfig
+from .sampling import greedy_feeds
 from .tree import TreeBuffers
 
 NO_COPY = np.zeros(0, dtype=np.int64)  # [0]: no copy chain to verify
 NO_COPY.setflags(write=False)
-PROMPT_CHUNK_FEEDS = {COPY_TOKENS: NO_COPY, **SamplingConfig().engine_feeds(0.0)}  # nothing verified or sampled
 
 
 @dataclass
@@ -123,7 +122,8 @@ def decode(
     start = time.perf_counter()
     limit = backend.max_causal_tokens
     while limit is not None and len(causal) > limit:  # a long prompt, in chunks: each a one-node tree
-        backend.run({INPUT_IDS: causal[:limit], TREE_TOKENS: causal[limit : limit + 1], **PROMPT_CHUNK_FEEDS})
+        backend.run({INPUT_IDS: causal[:limit], TREE_TOKENS: causal[limit : limit + 1], COPY_TOKENS: NO_COPY,
+                     **greedy_feeds(tree.num_verified)})  # nothing verified or sampled
         backend.commit(limit + 1)
         causal = causal[limit + 1 :]
     prefill = True

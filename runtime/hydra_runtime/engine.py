@@ -24,7 +24,9 @@ INPUT_IDS = "input_ids"  # [new_tokens] int64: causal tokens appended before the
 TREE_TOKENS = "tree_tokens"  # [tree_nodes] int64: the first n nodes of the static tree, root first
 COPY_TOKENS = "copy_tokens"  # [copy_nodes] int64: the first c nodes of the copy chain (prompt lookup); [0] without one
 
-SAMPLING_INPUTS = ("temperature", "posterior_threshold", "posterior_alpha", "random_uniform")  # [] float32 each
+TEMPERATURE = "temperature"  # [] float32: 0 greedy (lossless), > 0 speculative sampling
+RANDOM_UNIFORMS = "random_uniforms"  # [V] float32, V = the tree's drafted + chain nodes: one draw per row (sampling.py)
+SAMPLING_INPUTS = (TEMPERATURE, RANDOM_UNIFORMS)
 HOST_INPUTS = (INPUT_IDS, TREE_TOKENS, COPY_TOKENS, *SAMPLING_INPUTS)
 
 # Host outputs, then the present K/V.

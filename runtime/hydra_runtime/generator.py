@@ -20,7 +20,7 @@ from .chat_tokenizer import ChatTokenizer
 from .decode_loop import DecodeStats, StopRule, decode
 from .errors import GenerationInputError
 from .manifest import Manifest
-from .sampling import SamplingConfig
+from .sampling import SamplingConfig, greedy_feeds
 from .text_stream import TextStream
 from .tree import TreeBuffers
 
@@ -74,7 +74,8 @@ class Generator:
     def generate_ids(self, prompt_ids: list[int], max_new_tokens: int = 256, mode: str = "hydra",
                      temperature: float = 0.0, on_tokens=lambda tokens: None, seed: int = 0,
                      sampling: SamplingConfig | None = None) -> tuple[list[int], DecodeStats]:
-        """Greedy when temperature is 0 (lossless); otherwise typical acceptance, seeded by ``seed``."""
+        """Greedy when temperature is 0 (lossless); otherwise speculative sampling, seeded by ``seed``
+        (distributed as the base model's own sampling at that temperature)."""
         if mode not in MODES:
             raise GenerationInputError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         sampling = sampling or SamplingConfig(temperature=temperature)
@@ -95,8 +96,9 @@ class Generator:
             raise GenerationInputError(f"prompt token ids must be integers in 0..{vocab - 1}; got {bad[:5]!r}")
         stop = StopRule(max_new_tokens, frozenset(self.manifest.eos_token_ids), limit, len(prompt_ids))
         rng = np.random.default_rng(seed)
-        greedy_feeds = sampling.engine_feeds(0.0)  # built once: the same for every greedy call
-        controls = (lambda: greedy_feeds) if sampling.greedy else (lambda: sampling.engine_feeds(rng.random()))
+        rows = self.tree.num_verified  # one uniform per verified row and call
+        greedy = greedy_feeds(rows)  # built once: the same for every greedy call
+        controls = (lambda: greedy) if sampling.greedy else (lambda: sampling.engine_feeds(rng.random(rows)))
         with self._lock:
             return decode(self.backend, list(prompt_ids), stop, self.tree, mode == "hydra", on_tokens, controls)
 

@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 from .errors import ArtifactError
 from .tree import TreeBuffers
 
-FORMAT_VERSION = 3  # 3: the engine takes copy_tokens; 2: one engine graph; 1: prefill/step/decode graphs
+FORMAT_VERSION = 4  # 4: speculative sampling (random_uniforms [V]); 3: the engine takes copy_tokens; 2: one engine graph; 1: prefill/step/decode graphs
 MANIFEST_FILE = "manifest.json"
 
 

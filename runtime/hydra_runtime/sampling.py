@@ -1,8 +1,12 @@
 """Sampling settings and the sampler shared by the reference decoder and the engines.
 
-Both sides draw one uniform number per emitted root token (prefill, then each step) from
-a seeded numpy generator and sample by inverse CDF, so a seeded run of the engines can
-be checked token for token against the PyTorch reference.
+Sampled decoding is speculative sampling over the tree's candidates (acceptance.py,
+``speculative_sampling_ok``): its output is distributed exactly as the base model's own
+sampling at that temperature. Every engine call takes one uniform number per verified row
+(``random_uniforms`` [V], V = the tree's drafted + chain nodes) from a seeded numpy generator:
+row r >= 1's acceptance draw, and row 0's for the token sampled after the accepted path (by
+inverse CDF). The reference decoder draws the same numbers in the same order, so a seeded run
+of the engines can be checked token for token against it.
 """
 
 from __future__ import annotations
@@ -12,33 +16,34 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .engine import RANDOM_UNIFORMS, TEMPERATURE
 from .errors import GenerationInputError
 
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    temperature: float = 0.0  # 0: greedy (lossless); > 0: typical acceptance
-    posterior_threshold: float = 0.09  # epsilon of typical acceptance
-    posterior_alpha: float = 0.3  # alpha of typical acceptance (usually sqrt(epsilon))
+    temperature: float = 0.0  # 0: greedy (lossless); > 0: sampled, distributed as the base model's sampling
 
     def __post_init__(self):
-        for name, low in (("temperature", 0.0), ("posterior_threshold", 0.0), ("posterior_alpha", 0.0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < low:
-                raise GenerationInputError(f"{name} must be a finite number >= {low:g}, got {value!r}")
+        value = self.temperature
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise GenerationInputError(f"temperature must be a finite number >= 0, got {value!r}")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
 
-    def engine_feeds(self, uniform: float) -> dict[str, np.ndarray]:
-        """The engine's sampling inputs (temperature 0: greedy; the rest is then unused)."""
+    def engine_feeds(self, uniforms: np.ndarray) -> dict[str, np.ndarray]:
+        """The engine's sampling inputs; ``uniforms`` [V] (unused when greedy: zeros will do)."""
         return {
-            "temperature": np.array(self.temperature, dtype=np.float32),
-            "posterior_threshold": np.array(self.posterior_threshold, dtype=np.float32),
-            "posterior_alpha": np.array(self.posterior_alpha, dtype=np.float32),
-            "random_uniform": np.array(uniform, dtype=np.float32),
+            TEMPERATURE: np.array(self.temperature, dtype=np.float32),
+            RANDOM_UNIFORMS: np.asarray(uniforms, dtype=np.float32),
         }
+
+
+def greedy_feeds(verified_nodes: int) -> dict[str, np.ndarray]:
+    """Sampling inputs of a greedy call on an engine whose tree verifies ``verified_nodes`` rows."""
+    return SamplingConfig().engine_feeds(np.zeros(verified_nodes, dtype=np.float32))
 
 
 def inverse_cdf(probs: np.ndarray, uniform: float) -> int:
