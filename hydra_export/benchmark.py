@@ -187,7 +187,9 @@ def plot_benchmark(report: dict, out_path: Path) -> None:
     right.set_xlabel("mean accepted length (tokens per step)")
     right.set_ylabel("prompts")
     summary = report["summary"]
+    temperature = report.get("config", {}).get("temperature", 0)
     title = f"Hydra: {summary['hydra'].get('mean_accepted_length', 0):.2f} tokens/step"
+    title += f" (sampled, T = {temperature:g})" if temperature else " (greedy)"
     if "hydra_over_autoregressive" in summary:
         title += f", {summary['hydra_over_autoregressive']:.2f}x over autoregressive"
     right.set_title(title)

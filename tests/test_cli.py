@@ -46,7 +46,7 @@ def test_build_then_inspect_generate_verify_bench(tmp_path, model_dirs, artifact
     result = invoke("bench", out, "--prompts", prompts, "--modes", "fast")
     assert result.exit_code == 1 and "--modes must be" in result.output
     sampled = [json.loads(invoke("bench", out, "--prompts", prompts, "--limit", 2, "-n", 8, "--temperature", 0.9,
-                                 "--json", report_path).stdout) for _ in range(2)]
+                                 "--json", report_path, "--plot", plot_path).stdout) for _ in range(2)]
     assert sampled[0]["config"]["temperature"] == 0.9 and "lossless" not in sampled[0]  # sampled: no identity check
     assert {"hydra", "autoregressive"} <= set(sampled[0])
     for key in ("new_tokens", "mean_accepted_length"):  # seeded per prompt: the same run twice
