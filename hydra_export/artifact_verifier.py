@@ -60,13 +60,12 @@ def engine_cases(prompt_ids: list[int], tree: TreeBuffers) -> dict[str, dict]:
     from the prefill): name -> (input_ids, tree_tokens, copy_tokens (none at prefill), sampling settings)."""
     uniforms = np.random.default_rng(0).random(tree.num_verified)
     greedy, sampled = greedy_feeds(tree.num_verified), SamplingConfig(temperature=0.8).engine_feeds(uniforms)
-    tree_nodes = tree.num_nodes
     prompt = np.asarray(prompt_ids, dtype=np.int64)
     root = prompt[-1:]
     greedy, sampled = ({COPY_TOKENS: prompt[:0]} | controls for controls in (greedy, sampled))
     return {
-        "prefill": {INPUT_IDS: prompt[:-1], TREE_TOKENS: np.repeat(root, tree_nodes), **greedy},
-        "prefill, sampled": {INPUT_IDS: prompt[:-1], TREE_TOKENS: np.repeat(root, tree_nodes), **sampled},
+        "prefill": {INPUT_IDS: prompt[:-1], TREE_TOKENS: np.repeat(root, tree.num_nodes), **greedy},
+        "prefill, sampled": {INPUT_IDS: prompt[:-1], TREE_TOKENS: np.repeat(root, tree.num_nodes), **sampled},
         "prefill, autoregressive": {INPUT_IDS: prompt[:-1], TREE_TOKENS: root, **greedy},
     }
 

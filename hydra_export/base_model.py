@@ -126,7 +126,8 @@ def load_gguf(path: Path, dtype: torch.dtype = torch.float32) -> BaseModel:
     missing = [name for name in missing if not _is_tied_output(model, name)]
     if missing or unexpected:
         raise UnsupportedModelError(f"{path}: the GGUF file's tensors do not match a {type(model).__name__} "
-                                    f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+                                    f"(missing {missing[:3]}, unexpected {unexpected[:3]}); convert the model "
+                                    "again, or pass its Hugging Face directory with --model")
     tokenizer = AutoTokenizer.from_pretrained(path.parent, **kwargs)
     return wrap_model(model, tokenizer, name=str(path))
 

@@ -121,9 +121,9 @@ def decode(
 
     start = time.perf_counter()
     limit = backend.max_causal_tokens
+    chunk_feeds = {COPY_TOKENS: NO_COPY, **greedy_feeds(tree.num_verified)}  # nothing verified or sampled
     while limit is not None and len(causal) > limit:  # a long prompt, in chunks: each a one-node tree
-        backend.run({INPUT_IDS: causal[:limit], TREE_TOKENS: causal[limit : limit + 1], COPY_TOKENS: NO_COPY,
-                     **greedy_feeds(tree.num_verified)})  # nothing verified or sampled
+        backend.run({INPUT_IDS: causal[:limit], TREE_TOKENS: causal[limit : limit + 1], **chunk_feeds})
         backend.commit(limit + 1)
         causal = causal[limit + 1 :]
     prefill = True
