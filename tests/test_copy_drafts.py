@@ -9,7 +9,8 @@ from hydra_runtime.copy_drafts import MAX_NGRAM, NODES_PER_AGREED_TOKEN, CopyDra
 
 
 def brute_force(history: list[int], length: int) -> list[int]:
-    """Latest earlier occurrence of the last 3, 2, then 1 tokens; what followed, continued periodically."""
+    """Latest earlier occurrence of the last MAX_NGRAM, ..., 2, then 1 tokens; what followed, continued
+    periodically."""
     last = len(history) - 1
     for n in range(min(MAX_NGRAM, len(history)), 0, -1):
         suffix = history[last - n + 1 :]
@@ -40,6 +41,9 @@ def test_the_longest_suffix_wins_and_the_latest_occurrence_of_it():
     assert lookup.propose().tolist() == [8, 5]  # "2 3" last occurred before "8 5"
     lookup = PromptLookup(2, [9, 2, 3, 4, 1, 2, 3, 7, 9, 2, 3])
     assert lookup.propose().tolist() == [4, 1]  # "9 2 3" beats the later "2 3"
+    before = [5, 6, 7, 8, 9, 2, 3]
+    lookup = PromptLookup(2, [*before, 4, 1, 7, 9, 2, 3, 8, 0, *before])
+    assert lookup.propose().tolist() == [4, 1]  # 7 agreeing tokens beat the later "7 9 2 3"
 
 
 def test_nothing_is_proposed_for_a_new_token_and_runs_continue():
