@@ -292,23 +292,32 @@ def tree_search(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the best tree of each budget "
                                                    "here as OUTPUT-<nodes>.json (a --tree file for build).")] = None,
     row_cost: Annotated[float, typer.Option(
-        min=0.0, max=1.0, help="What one more verified row costs, as a fraction of a one-token step (measure it: "
-        "scripts/row_cost.py; 0.05-0.07 for SmolLM2 on a 2-core CPU, near 0 on a GPU). Above 0, the best split "
-        "has the highest modelled speedup instead of the longest accepted length.")] = 0.0,
+        min=0.0, max=1.0, help="What one more verified row costs, as a fraction of a one-token step (0.05-0.07 "
+        "for SmolLM2 on a 2-core CPU, near 0 on a GPU). Above 0, the best split has the highest modelled "
+        "speedup instead of the longest accepted length.")] = 0.0,
+    step_costs: Annotated[Optional[Path], typer.Option(
+        help="What a step costs by the rows it verifies, measured on the target machine: the JSON "
+        "`python3 scripts/row_cost.py ARTIFACT` prints. Where costs jump (CPU GEMM blocking) this ranks "
+        "splits better than --row-cost.", exists=True, dir_okay=False)] = None,
 ):
-    """Find the drafted tree and copy chain with the longest accepted length (or, with --row-cost, the
-    highest modelled speedup) for trained heads, by replaying greedy decoding over the model's own
-    answers (decode simulator); prints JSON."""
+    """Find the drafted tree and copy chain with the longest accepted length (or, with --row-cost or
+    --step-costs, the highest modelled speedup) for trained heads, by replaying greedy decoding over
+    the model's own answers (decode simulator); prints JSON."""
+    from hydra_runtime.step_costs import StepCosts
     from hydra_runtime.tree import MAX_COPY_NODES
 
     from .training.tree_planning import plan_trees
 
+    if step_costs and row_cost:
+        raise HydraExportError("give --row-cost or --step-costs, not both (--step-costs holds a row cost "
+                               "for rows past the measured ones)")
+    costs = StepCosts.from_file(step_costs) if step_costs else StepCosts.linear(row_cost)
     budgets = integer_list(nodes, "--nodes", 1)
     copy_lengths = integer_list(copy, "--copy", 0)
     if any(length == 1 or length > MAX_COPY_NODES for length in copy_lengths):
         raise HydraExportError(f"--copy lengths must be 0 or 2..{MAX_COPY_NODES}, got {copy!r}")
     draft_heads, traces = _decode_traces(model, _heads_dir(heads, model), prompts, limit, max_new_tokens)
-    plan = plan_trees(traces, budgets, copy_lengths, draft_heads.config.num_heads, row_cost)
+    plan = plan_trees(traces, budgets, copy_lengths, draft_heads.config.num_heads, costs)
     if output:
         for tree in plan["trees"]:
             best = tree["best"]

@@ -1,6 +1,8 @@
 """The decode simulator replays what the reference decoder does, step for step, from one
 teacher-forced pass (tiny random models: they repeat themselves, so the copy chain matters)."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -9,9 +11,11 @@ from conftest import random_heads
 from test_reference_decoder import autoregressive, random_prompts
 
 from hydra_export.decoding.reference_decoder import ReferenceDecoder
+from hydra_export.errors import HydraExportError
 from hydra_export.training.decode_traces import MAX_RANK, decode_traces
 from hydra_runtime import TreeBuffers
 from hydra_runtime.decode_simulator import DecodeTrace, simulate
+from hydra_runtime.step_costs import StepCosts
 from hydra_runtime.tree_search import rank_probs_from_traces, search_trees
 
 
@@ -42,7 +46,10 @@ def test_a_copy_only_trace_by_hand():
     assert run.accepted_lengths == (5, 1) and run.copy_wins == 1  # 4 copied + the root's successor; then the end
     assert run.verified_rows == (7, 7)  # 3 drafted nodes + the whole chain: "1 2 3" agrees 3 tokens back
     # 6 tokens in 2 steps of 7 rows, a row costing 10% of a one-token step: 6 / (2 * 1.6).
-    assert run.modelled_speedup(0.1) == pytest.approx(6 / 3.2) and run.modelled_speedup(0.0) == 3.0
+    assert run.modelled_speedup(StepCosts.linear(0.1)) == pytest.approx(6 / 3.2)
+    assert run.modelled_speedup(StepCosts()) == 3.0
+    measured = StepCosts((1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 2.0), row_cost=0.5)  # 7 rows cost 2 one-token steps
+    assert run.modelled_speedup(measured) == pytest.approx(6 / 4.0)
     heads_only = simulate(TreeBuffers.from_choices([[0], [0, 0]]), [trace])
     assert heads_only.accepted_lengths == (1,) * 6
 
@@ -71,6 +78,38 @@ def test_where_rows_cost_the_search_prefers_the_cheaper_split():
     # no match sends no rows, so 2 drafted nodes + the (empty) chain verify far fewer.
     trace = DecodeTrace(np.array([1, 2, 3]), np.arange(4, 40), np.zeros((36, 2), np.int16))
     [free] = search_trees([trace], budgets=[6], copy_lengths=[0, 4], max_rank=MAX_RANK)
-    [priced] = search_trees([trace], budgets=[6], copy_lengths=[0, 4], max_rank=MAX_RANK, row_cost=0.5)
+    [priced] = search_trees([trace], budgets=[6], copy_lengths=[0, 4], max_rank=MAX_RANK,
+                            costs=StepCosts.linear(0.5))
     assert free["best"]["copy_nodes"] == 0 and priced["best"]["copy_nodes"] == 4
     assert [c["mean_verified_rows"] for c in priced["candidates"]] == [6, 2]
+
+
+def test_a_measured_jump_in_step_cost_changes_the_best_split():
+    # Heads always right, nothing to copy: 6 drafted nodes accept 6 tokens a step, 2 accept 2. Where
+    # rows cost 5% each the 6-node split wins; where the 6th row crosses a measured jump to 4x a
+    # one-token step (as CPU GEMM blocking makes) the 2-node split does.
+    trace = DecodeTrace(np.array([1, 2, 3]), np.arange(4, 40), np.zeros((36, 5), np.int16))
+    [linear] = search_trees([trace], budgets=[6], copy_lengths=[0, 4], max_rank=MAX_RANK,
+                            costs=StepCosts.linear(0.05))
+    jump = StepCosts((1.0, 1.05, 1.1, 1.15, 1.2, 4.0), row_cost=0.05)
+    [measured] = search_trees([trace], budgets=[6], copy_lengths=[0, 4], max_rank=MAX_RANK, costs=jump)
+    assert linear["best"]["copy_nodes"] == 0 and measured["best"]["copy_nodes"] == 4
+
+
+def test_step_costs_past_the_measured_rows_grow_by_the_row_cost(tmp_path):
+    costs = StepCosts((1.0, 1.2, 1.3), row_cost=0.1)
+    assert [costs.of(rows) for rows in (1, 2, 3, 4, 6)] == pytest.approx([1.0, 1.2, 1.3, 1.4, 1.6])
+    assert StepCosts().free and not costs.free and not StepCosts.linear(0.01).free
+    path = tmp_path / "costs.json"
+    path.write_text(json.dumps({"milliseconds_per_call": {"1+0": 20.0}, "step_costs": [1.0, 1.2, 1.3], "row_cost": 0.1}))
+    assert StepCosts.from_file(path) == costs
+
+
+@pytest.mark.parametrize("text", ["not json", "{}", '{"step_costs": [], "row_cost": 0.1}',
+                                  '{"step_costs": [1.0, 0.5], "row_cost": 0.1}', '{"step_costs": [1.0], "row_cost": -1}',
+                                  '{"step_costs": "1.0", "row_cost": 0.1}'])
+def test_step_costs_files_that_are_not_row_costs_output_are_refused(tmp_path, text):
+    path = tmp_path / "costs.json"
+    path.write_text(text)
+    with pytest.raises(HydraExportError, match="row_cost.py"):
+        StepCosts.from_file(path)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hydra_runtime.decode_simulator import DecodeTrace, simulate
+from hydra_runtime.step_costs import StepCosts
 from hydra_runtime.tree import TreeBuffers
 from hydra_runtime.tree_presets import TREE_PRESETS
 from hydra_runtime.tree_search import search_trees
@@ -44,7 +45,7 @@ def _counter(stage: str, total: int, progress: Callable[[str, int, int], None]) 
 
 
 def plan_trees(traces: list[DecodeTrace], budgets: list[int], copy_lengths: list[int], num_heads: int,
-               row_cost: float = 0.0) -> dict:
+               costs: StepCosts = StepCosts()) -> dict:
     """The best tree of each budget (see search_trees), and each preset (no chain, and with each
     chain length) for comparison."""
     presets = {}
@@ -55,5 +56,6 @@ def plan_trees(traces: list[DecodeTrace], budgets: list[int], copy_lengths: list
                                           .mean_accepted_length, 4) for copy in sorted({0, *copy_lengths})}
     answer_tokens = sum(len(trace.response_ids) for trace in traces)
     return {"prompts": len(traces), "answer_tokens": answer_tokens,
-            "row_cost": row_cost, "trees": search_trees(traces, budgets, copy_lengths, MAX_RANK, row_cost),
+            "step_costs": costs.as_dict(),
+            "trees": search_trees(traces, budgets, copy_lengths, MAX_RANK, costs),
             "presets": presets}

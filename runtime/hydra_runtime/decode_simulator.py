@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .copy_drafts import NODES_PER_AGREED_TOKEN, CopyDrafts
+from .step_costs import StepCosts
 from .tree import TreeBuffers
 
 
@@ -55,11 +56,10 @@ class SimulatedRun:
     def mean_verified_rows(self) -> float:
         return float(np.mean(self.verified_rows)) if self.verified_rows else 0.0
 
-    def modelled_speedup(self, row_cost: float) -> float:
-        """Tokens per unit of time over autoregressive decoding, when a step costs
-        1 + row_cost * (rows - 1) one-token steps (``row_cost``: what one more verified row costs,
-        as a fraction of a one-token step; measured per engine and machine)."""
-        cost = len(self.verified_rows) + row_cost * (sum(self.verified_rows) - len(self.verified_rows))
+    def modelled_speedup(self, costs: StepCosts) -> float:
+        """Tokens per unit of time over autoregressive decoding, each step costing
+        ``costs.of(rows)`` one-token steps (measured per engine and machine: StepCosts)."""
+        cost = sum(costs.of(rows) for rows in self.verified_rows)
         return sum(self.accepted_lengths) / cost if cost else 0.0
 
 

@@ -9,7 +9,8 @@ the best tree of every size (the construction Medusa uses for its sparse trees).
 
 With a copy chain in the budget, nodes compete with the chain, whose acceptance overlaps the
 heads' (both may propose the same token), so splits are scored by the decode simulator: by
-accepted length, or where verified rows are not free (a CPU) by the modelled speedup.
+accepted length, or where verified rows are not free (a CPU) by the modelled speedup over the
+step costs measured there (StepCosts).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import heapq
 import numpy as np
 
 from .decode_simulator import DecodeTrace, simulate
+from .step_costs import StepCosts
 from .tree import TreeBuffers
 from .tree_presets import Choices
 
@@ -49,11 +51,11 @@ def rank_probs_from_traces(traces: list[DecodeTrace], max_rank: int) -> np.ndarr
 
 
 def search_trees(traces: list[DecodeTrace], budgets: list[int], copy_lengths: list[int],
-                 max_rank: int, row_cost: float = 0.0) -> list[dict]:
+                 max_rank: int, costs: StepCosts = StepCosts()) -> list[dict]:
     """For each budget of verified nodes (root included), the drafted tree and copy chain that
     split it best: head trees grown from the traces' rank statistics (grow_tree), every split
-    scored by replaying the traces (simulate). Best = the longest accepted length, or with
-    ``row_cost`` > 0 the highest modelled speedup (``SimulatedRun.modelled_speedup``)."""
+    scored by replaying the traces (simulate). Best = the longest accepted length where rows are
+    free (the default ``costs``), else the highest modelled speedup (``SimulatedRun.modelled_speedup``)."""
     rank_probs = rank_probs_from_traces(traces, max_rank)
     results = []
     for budget in budgets:
@@ -64,9 +66,9 @@ def search_trees(traces: list[DecodeTrace], budgets: list[int], copy_lengths: li
             candidates.append({"copy_nodes": copy, "choices": [list(c) for c in choices],
                                "simulated_accepted_length": round(run.mean_accepted_length, 4),
                                "mean_verified_rows": round(run.mean_verified_rows, 3),
-                               "modelled_speedup": round(run.modelled_speedup(row_cost), 4),
+                               "modelled_speedup": round(run.modelled_speedup(costs), 4),
                                "copy_wins": run.copy_wins, "steps": len(run.accepted_lengths)})
-        score = "modelled_speedup" if row_cost > 0 else "simulated_accepted_length"
+        score = "simulated_accepted_length" if costs.free else "modelled_speedup"
         best = max(candidates, key=lambda c: c[score])
         results.append({"nodes": budget, "best": best, "candidates": candidates})
     return results
