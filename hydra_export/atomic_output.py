@@ -1,4 +1,4 @@
-"""Output directories written whole or not at all, and never a replace of what is not ours.
+"""Outputs written whole or not at all, and never a replace of what is not ours.
 
 A build writes into a staging directory beside its target (``.NAME.partial-XXXX``, marked
 as ours by a marker file) and swaps it into place only when complete. ``--force`` replaces
@@ -6,10 +6,15 @@ only a directory that holds one of our artifacts, and does so by two renames, so
 interrupt leaves the old artifact or the new one in place (the old one under
 ``.NAME.old-XXXX`` at worst), never neither. The next build of the same target removes
 stale staging and retired directories, but only those carrying our marker.
+
+Output files (reports, plots, tree files) are checked before the work that fills them (a
+benchmark takes minutes: a typo in ``--json``'s directory must not lose its results) and
+written to a temporary file beside the target, renamed over it when complete.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -64,3 +69,27 @@ def publish(staging: Path, target: Path) -> None:
 def discard(staging: Path) -> None:
     if staging.exists() and (staging / MARKER).exists():
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_output_file(path: Path, option: str) -> None:
+    """Refuse, before any work, a file output that could not be written: its directory is missing,
+    or the path is a directory."""
+    if path.is_dir():
+        raise HydraExportError(f"{option} {path} is a directory; give a file path")
+    if not path.parent.is_dir():
+        raise HydraExportError(f"{option} {path}: the directory {path.parent} does not exist; create it first "
+                               "or choose another path")
+
+
+def write_output_file(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(temporary)`` a file beside ``path`` (same suffix, so writers that go by it still do),
+    then rename it over ``path``: a reader never sees half a file, an error leaves ``path`` as it was."""
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.partial-", suffix=path.suffix)
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        write(temporary)
+        temporary.replace(path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise

@@ -21,6 +21,7 @@ from rich.text import Text
 from hydra_runtime.errors import HydraExportError
 from hydra_runtime.tree_presets import TREE_PRESETS
 
+from .atomic_output import check_output_file, write_output_file
 from .cyclic_gc import cyclic_gc_paused
 
 app = typer.Typer(
@@ -262,6 +263,7 @@ def training_curves(
     """Plot accepted length and top-1 against training tokens for trained heads; prints the points."""
     from .training.curves import plot_learning_curves
 
+    check_output_file(plot, "--plot")
     stdout.print_json(json.dumps(plot_learning_curves(heads, plot)))
 
 
@@ -312,6 +314,8 @@ def tree_search(
         raise HydraExportError("give --row-cost or --step-costs, not both (--step-costs holds a row cost "
                                "for rows past the measured ones)")
     costs = StepCosts.from_file(step_costs) if step_costs else StepCosts.linear(row_cost)
+    if output:
+        check_output_file(output, "--output")
     budgets = integer_list(nodes, "--nodes", 1)
     copy_lengths = integer_list(copy, "--copy", 0)
     if any(length == 1 or length > MAX_COPY_NODES for length in copy_lengths):
@@ -322,7 +326,8 @@ def tree_search(
         for tree in plan["trees"]:
             best = tree["best"]
             path = output.parent / f"{output.stem}-{tree['nodes']}{output.suffix or '.json'}"
-            path.write_text(json.dumps({"choices": best["choices"], "copy_nodes": best["copy_nodes"]}) + "\n")
+            tree_json = json.dumps({"choices": best["choices"], "copy_nodes": best["copy_nodes"]}) + "\n"
+            write_output_file(path, lambda temporary: temporary.write_text(tree_json))
     stdout.print_json(json.dumps(plan))
 
 
@@ -483,6 +488,9 @@ def bench(
         raise HydraExportError(f"--modes must be 'hydra' or 'hydra,autoregressive', got {modes!r}")
     if temperature > 0 and transformers_baseline:
         raise HydraExportError("--transformers-baseline times greedy decoding; use it with --temperature 0")
+    for path, option in ((json_out, "--json"), (plot, "--plot")):
+        if path:
+            check_output_file(path, option)
     conversations = read_prompts(prompts, limit, turns)
     generator = Generator.load(artifact, backend=backend.value, threads=threads)
     baseline = TransformersBaseline(generator.manifest.base_model.name) if transformers_baseline else None
@@ -501,9 +509,9 @@ def bench(
                         "tree": generator.manifest.tree.name,
                         "heads": generator.manifest.heads.get("kind")}
     if json_out:
-        json_out.write_text(json.dumps(report, indent=2) + "\n")
+        write_output_file(json_out, lambda path: path.write_text(json.dumps(report, indent=2) + "\n"))
     if plot:
-        plot_benchmark(report, plot)
+        write_output_file(plot, lambda path: plot_benchmark(report, path))
     stdout.print_json(json.dumps(report["summary"] | {"config": report["config"]}))
 
 

@@ -305,3 +305,37 @@ def test_sigterm_during_a_build_leaves_nothing_behind(tmp_path, model_dirs, arti
     assert process.returncode in (130, -signal.SIGINT), output
     assert "Traceback" not in output and "interrupted" in output
     assert list(tmp_path.iterdir()) == []  # no staging, no half-written artifact
+
+
+# 10. File outputs are checked before the work that fills them, and written whole or not at all.
+
+@pytest.mark.parametrize("option, path, message", [
+    ("--json", "missing/bench.json", "does not exist"),
+    ("--plot", "missing/bench.png", "does not exist"),
+    ("--json", ".", "is a directory"),
+])
+def test_bench_refuses_an_unwritable_report_before_it_runs(tmp_path, artifacts, monkeypatch, option, path, message):
+    import hydra_export.benchmark as benchmark
+
+    monkeypatch.setattr(benchmark, "run_benchmark", lambda *a, **k: pytest.fail("ran before checking the output"))
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"turns": ["Hi?"]}) + "\n")
+    result = invoke("bench", artifacts("llama", "hydra"), "--prompts", prompts, option, tmp_path / path)
+    assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_partial_one(tmp_path):
+    from hydra_export.atomic_output import write_output_file
+
+    report = tmp_path / "report.json"
+    report.write_text("old")
+
+    def fails_halfway(path):
+        path.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_output_file(report, fails_halfway)
+    assert report.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["report.json"]
+    write_output_file(report, lambda path: path.write_text("new"))
+    assert report.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["report.json"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..atomic_output import write_output_file
 from ..errors import HydraExportError
 from .trainer import LOG_FILE, PROBE_TREE
 
@@ -53,6 +54,6 @@ def plot_learning_curves(heads_dirs: list[Path], out_path: Path) -> dict:
         axis.grid(alpha=0.3)
         axis.legend()
     figure.tight_layout()
-    figure.savefig(out_path, dpi=110)
+    write_output_file(out_path, lambda path: figure.savefig(path, dpi=110))
     plt.close(figure)
     return points
