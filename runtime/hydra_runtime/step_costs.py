@@ -2,8 +2,8 @@
 
 On a GPU a step of 20 rows costs about what a one-token step does; on a CPU every row is
 compute, and not linearly: on 2 Zen 5 cores (ONNX Runtime's fp32 GEMMs) the default artifact's
-step costs 1.32x a one-token step at 4 rows, 1.51x at 10 and 1.82x at 13, then little more
-until 16 (BENCHMARKS.md N). ``StepCosts`` holds such a measured curve (``scripts/row_cost.py``
+step costs 1.3-1.4x a one-token step at 4 rows, 1.5-1.7x at 10 and 1.8-2.1x at 13, then little
+more until 16 (two runs, BENCHMARKS.md N). ``StepCosts`` holds such a measured curve (``scripts/row_cost.py``
 writes it) or a straight line (``linear``), and is what the decode simulator's modelled speedup
 and ``tree-search`` divide by.
 """
