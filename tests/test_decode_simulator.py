@@ -113,3 +113,21 @@ def test_step_costs_files_that_are_not_row_costs_output_are_refused(tmp_path, te
     path.write_text(text)
     with pytest.raises(HydraExportError, match="row_cost.py"):
         StepCosts.from_file(path)
+
+
+def test_row_cost_scripts_output_is_what_tree_search_reads(artifacts, tmp_path, capsys, monkeypatch):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    from hydra_runtime.generator import Generator
+
+    artifact = artifacts("llama", "hydra")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "row_cost.py"
+    monkeypatch.setattr(sys, "argv", [str(script), str(artifact), "--context", "8", "--calls", "1"])
+    runpy.run_path(str(script), run_name="__main__")
+    path = tmp_path / "step_costs.json"
+    path.write_text(capsys.readouterr().out)
+    costs = StepCosts.from_file(path)
+    with Generator.load(artifact) as generator:
+        assert len(costs.measured) == generator.tree.num_verified  # every row count, 1 .. N + C
