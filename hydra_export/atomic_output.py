@@ -89,6 +89,9 @@ def write_output_file(path: Path, write: Callable[[Path], None]) -> None:
     temporary = Path(name)
     try:
         write(temporary)
+        umask = os.umask(0)
+        os.umask(umask)
+        temporary.chmod(0o666 & ~umask)  # mkstemp (and safetensors) make 0600 files; outputs are shared as usual
         temporary.replace(path)
     except BaseException:
         temporary.unlink(missing_ok=True)

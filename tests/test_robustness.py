@@ -3,6 +3,7 @@ memory or reach outside itself, no pickles, no silent wrong results, no raw trac
 
 import json
 import math
+import os
 import shutil
 import threading
 
@@ -339,3 +340,6 @@ def test_a_failed_write_leaves_the_old_file_and_no_partial_one(tmp_path):
     assert report.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["report.json"]
     write_output_file(report, lambda path: path.write_text("new"))
     assert report.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["report.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert report.stat().st_mode & 0o777 == 0o666 & ~umask  # not the temporary file's 0600

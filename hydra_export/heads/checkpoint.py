@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..atomic_output import write_output_file
 from ..errors import HeadsCheckpointError
 from .config import HeadsConfig
 from .draft_heads import DraftHeads
@@ -72,18 +72,9 @@ def save_heads(heads: DraftHeads, out_dir: Path, dtype: torch.dtype | None = Non
         name: (t.detach().to(dtype) if dtype is not None and t.is_floating_point() else t.detach()).contiguous()
         for name, t in unique_tensors(heads).items() if name not in stored_elsewhere
     }
-    _replace_file(out_dir / WEIGHTS_FILE, lambda partial: save_file(tensors, str(partial)))
+    write_output_file(out_dir / WEIGHTS_FILE, lambda partial: save_file(tensors, str(partial)))
     config = json.dumps(heads.config.to_dict(), indent=2) + "\n"
-    _replace_file(out_dir / CONFIG_FILE, lambda partial: partial.write_text(config))
-
-
-def _replace_file(path: Path, write) -> None:
-    partial = path.with_name(f".{path.name}.partial")  # a crash leaves only this, overwritten next time
-    write(partial)
-    umask = os.umask(0)
-    os.umask(umask)
-    partial.chmod(0o666 & ~umask)  # safetensors writes 0600; heads are shared like any other file
-    os.replace(partial, path)
+    write_output_file(out_dir / CONFIG_FILE, lambda partial: partial.write_text(config))
 
 
 def read_heads_config(heads_dir: Path) -> HeadsConfig:
