@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.utils import logging as transformers_logging
 
 from .architectures import ArchitectureSpec, architecture_for
 from .default_models import is_named_model, pull_named_model
@@ -98,10 +100,23 @@ def load_base_model(source: str | Path, dtype: torch.dtype = torch.float32) -> B
 def _load_hf_dir(path: Path, dtype: torch.dtype, name: str) -> BaseModel:
     config = AutoConfig.from_pretrained(path)
     architecture_for(config.model_type)  # fail before loading weights
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    with _no_transformers_progress_bar():  # our commands show their own progress
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     has_tokenizer = any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
     tokenizer = AutoTokenizer.from_pretrained(path) if has_tokenizer else None
     return wrap_model(model, tokenizer, name=name)
+
+
+@contextlib.contextmanager
+def _no_transformers_progress_bar():
+    """transformers' "Loading weights" bar is switched off while it loads, and restored after."""
+    was_enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            transformers_logging.enable_progress_bar()
 
 
 def load_gguf(path: Path, dtype: torch.dtype = torch.float32) -> BaseModel:

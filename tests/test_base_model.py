@@ -115,3 +115,16 @@ def test_saved_directory_is_a_plain_hugging_face_model(model_dirs, tmp_path):
     saved = json.loads((model_dirs["llama"] / "config.json").read_text())
     assert saved["architectures"] == ["LlamaForCausalLM"] and saved["dtype"] == "float32"
     assert "quantization_config" not in saved
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_loading_hides_transformers_progress_bar_and_restores_it(model_dirs, capsys, enabled):
+    from transformers.utils import logging
+
+    logging.enable_progress_bar() if enabled else logging.disable_progress_bar()
+    try:
+        load_base_model(model_dirs["llama"])
+        assert "Loading weights" not in capsys.readouterr().err  # our commands draw their own progress
+        assert logging.is_progress_bar_enabled() == enabled
+    finally:
+        logging.enable_progress_bar()
