@@ -338,19 +338,25 @@ def simulate(
     prompts: Annotated[Path, typer.Option(help="jsonl of prompts (MT-Bench format).", exists=True, dir_okay=False)],
     limit: Annotated[int, typer.Option(min=1, help="Use the first N prompts.")] = 40,
     max_new_tokens: Annotated[int, typer.Option(min=8, help="Answer length per prompt.")] = 256,
+    step_costs: Annotated[Optional[Path], typer.Option(
+        help="Also model the speedup over autoregressive decoding for these step costs (the JSON "
+        "`python3 scripts/row_cost.py ARTIFACT` prints on the target machine).", exists=True, dir_okay=False)] = None,
 ):
     """Predict an artifact's mean accepted length on prompts without running it (decode simulator:
     greedy answers of the PyTorch base model, replayed through the artifact's heads and tree); prints JSON."""
     from hydra_runtime.decode_simulator import simulate as replay
     from hydra_runtime.manifest import Manifest, inside_artifact
+    from hydra_runtime.step_costs import StepCosts
 
+    costs = StepCosts.from_file(step_costs) if step_costs else None
     manifest = Manifest.read(artifact, verify_checksums=False)
     heads_dir = inside_artifact(artifact, manifest.heads["directory"])
     _, traces = _decode_traces(manifest.base_model.name, heads_dir, prompts, limit, max_new_tokens)
     run = replay(manifest.tree_buffers(), traces)
+    modelled = {"modelled_speedup": round(run.modelled_speedup(costs), 4)} if costs else {}
     stdout.print_json(json.dumps({"artifact": str(artifact), "prompts": str(prompts), "limit": limit,
                                   "simulated_accepted_length": round(run.mean_accepted_length, 4),
-                                  "mean_verified_rows": round(run.mean_verified_rows, 3),
+                                  "mean_verified_rows": round(run.mean_verified_rows, 3), **modelled,
                                   "steps": len(run.accepted_lengths), "copy_wins": run.copy_wins}))
 
 

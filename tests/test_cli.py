@@ -60,6 +60,13 @@ def test_build_then_inspect_generate_verify_bench(tmp_path, model_dirs, artifact
     simulated = json.loads(result.stdout)
     assert simulated["steps"] >= 2 and 1.0 <= simulated["simulated_accepted_length"] <= 1 + 4  # a 3-deep tree, 4 copies
     assert list((tmp_path / "cache" / "answers").glob("answers-*.jsonl"))
+    assert "modelled_speedup" not in simulated
+    costs = tmp_path / "step_costs.json"
+    costs.write_text(json.dumps({"step_costs": [1.0], "row_cost": 0.0}))  # rows free: speedup = accepted length
+    result = invoke("simulate", out, "--prompts", prompts, "--limit", 2, "--max-new-tokens", 12, "--step-costs", costs)
+    assert result.exit_code == 0, result.output
+    priced = json.loads(result.stdout)
+    assert priced["modelled_speedup"] == pytest.approx(priced["simulated_accepted_length"], abs=1e-3)
 
     result = invoke("build", "-m", model_dirs["llama"], "--heads", heads_dir, "-o", out)
     assert result.exit_code == 1 and "already exists; pass --force" in result.output
