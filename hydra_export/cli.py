@@ -242,7 +242,7 @@ def train(
                 tasks[key] = progress.add_task(stage, total=total)
             progress.update(tasks[key], completed=completed, total=total, description=stage)
 
-        trainer = Trainer(loaded, progress=report)
+        trainer = Trainer(loaded, progress=report, data_only=data_only)
         if data_only:
             cache = trainer.prepare_data()[0]
             stdout.print(f"data ready in {loaded.cache_path}: {len(cache)} sequences, {int(cache.offsets[-1])} tokens",

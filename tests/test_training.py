@@ -126,6 +126,14 @@ def test_training_can_start_from_trained_heads(tmp_path, tiny_base):
         Trainer(recipe_for(tmp_path / "other", "medusa", init_heads=first.output_dir), base=tiny_base)
 
 
+def test_a_later_stages_data_is_made_before_its_init_heads_exist(tmp_path, tiny_base):
+    stage_two = recipe_for(tmp_path, "hydra", init_heads=str(tmp_path / "stage-one-not-trained-yet"))
+    with pytest.raises(HydraExportError, match="not found"):
+        Trainer(stage_two, base=tiny_base)  # training needs them
+    cache = Trainer(stage_two, base=tiny_base, data_only=True).prepare_data()[0]  # the data does not
+    assert len(cache) > 0 and not Path(stage_two.output_dir).exists()
+
+
 def test_recipe_errors(tmp_path):
     path = tmp_path / "r.json"
     path.write_text(json.dumps({"kind": "hydra", "output_dir": "x", "lerning_rate": 1}))

@@ -66,7 +66,9 @@ def cosine_with_warmup(total_steps: int, warmup_fraction: float):
 
 
 class Trainer:
-    def __init__(self, recipe: TrainRecipe, base: BaseModel | None = None, progress=None):
+    def __init__(self, recipe: TrainRecipe, base: BaseModel | None = None, progress=None, data_only: bool = False):
+        """``data_only``: only ``prepare_data`` will be called, so ``init_heads`` is not read (the data
+        never depends on heads: a later stage's data can be made while an earlier stage trains)."""
         self.recipe = recipe
         self.progress = progress  # callable(stage, completed, total) or None
         torch.manual_seed(recipe.seed)
@@ -79,7 +81,7 @@ class Trainer:
         # Heads trained on a vocabulary subset also draft from it (see HeadsConfig.draft_vocab_size).
         config = dataclasses.replace(config, draft_vocab_size=recipe.vocab_subset)
         self.heads: DraftHeads = build_heads(config, self.base.config)
-        if recipe.init_heads:  # continue from trained heads (e.g. the shipped ones) on this recipe's data
+        if recipe.init_heads and not data_only:  # continue from trained heads (e.g. the shipped ones) on this recipe's data
             self._load_head_weights(Path(recipe.init_heads), f"init_heads {recipe.init_heads}",
                                     "point init_heads at heads of this recipe's kind and shape")
         self.cache_dir = recipe.cache_path
