@@ -299,7 +299,7 @@ def tree_search(
         "speedup instead of the longest accepted length.")] = 0.0,
     step_costs: Annotated[Optional[Path], typer.Option(
         help="What a step costs by the rows it verifies, measured on the target machine: the JSON "
-        "`python3 scripts/row_cost.py ARTIFACT` prints. Where costs jump (CPU GEMM blocking) this ranks "
+        "`hydra-export step-costs ARTIFACT -o FILE` writes. Where costs jump (CPU GEMM blocking) this ranks "
         "splits better than --row-cost.", exists=True, dir_okay=False)] = None,
 ):
     """Find the drafted tree and copy chain with the longest accepted length (or, with --row-cost or
@@ -340,7 +340,7 @@ def simulate(
     max_new_tokens: Annotated[int, typer.Option(min=8, help="Answer length per prompt.")] = 256,
     step_costs: Annotated[Optional[Path], typer.Option(
         help="Also model the speedup over autoregressive decoding for these step costs (the JSON "
-        "`python3 scripts/row_cost.py ARTIFACT` prints on the target machine).", exists=True, dir_okay=False)] = None,
+        "`hydra-export step-costs ARTIFACT -o FILE` writes on the target machine).", exists=True, dir_okay=False)] = None,
 ):
     """Predict an artifact's mean accepted length on prompts without running it (decode simulator:
     greedy answers of the PyTorch base model, replayed through the artifact's heads and tree); prints JSON."""
@@ -358,6 +358,37 @@ def simulate(
                                   "simulated_accepted_length": round(run.mean_accepted_length, 4),
                                   "mean_verified_rows": round(run.mean_verified_rows, 3), **modelled,
                                   "steps": len(run.accepted_lengths), "copy_wins": run.copy_wins}))
+
+
+@app.command("step-costs")
+@friendly_errors
+def step_costs(
+    artifact: ArtifactDir,
+    context: Annotated[int, typer.Option(help="Cached tokens before the timed calls.")] = 300,
+    calls: Annotated[int, typer.Option(min=1, help="Timed calls per row count (after 5 warm-up rounds).")] = 30,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the JSON here (the "
+                                                   "--step-costs file of tree-search and simulate).")] = None,
+    threads: Threads = None,
+    backend: Backend = BackendChoice.auto,
+):
+    """Time the artifact's engine by the rows a call verifies (1 .. drafted nodes + copy chain) on this
+    machine: what tree-search and simulate charge a step (--step-costs). Run it on quiet cores; prints JSON."""
+    from hydra_runtime.generator import Generator
+    from hydra_runtime.step_cost_probe import WARM_UP_ROUNDS, measure_step_costs
+
+    if output:
+        check_output_file(output, "--output")
+    with Generator.load(artifact, backend=backend.value, threads=threads, verify_checksums=False) as generator:
+        manifest = generator.manifest
+        with stage_progress() as progress:
+            task = progress.add_task(f"time {generator.tree.num_verified} row counts", total=WARM_UP_ROUNDS + calls)
+            report = measure_step_costs(generator.backend, generator.tree, manifest.base_model.vocab_size,
+                                        manifest.max_seq_len, context, calls,
+                                        advance=lambda rounds: progress.update(task, advance=rounds))
+    report = {"artifact": str(artifact), **report}
+    if output:
+        write_output_file(output, lambda path: path.write_text(json.dumps(report, indent=1) + "\n"))
+    stdout.print_json(json.dumps(report))
 
 
 def _decode_traces(model: str, heads_dir: Path, prompts: Path, limit: int, max_new_tokens: int):

@@ -6,7 +6,7 @@ For the shipped heads and tree's drafted nodes, each chain length C and each rul
 nodes per token of agreement behind the lookup's match; ``whole``: all C whenever there is a
 match), prints JSON: simulated accepted length, mean verified rows, and the modelled speedup over
 autoregressive decoding for the step costs measured on your machine (``--step-costs``: the JSON of
-``scripts/row_cost.py``), or for one more verified row costing ``--row-cost`` of a one-token step.
+``hydra-export step-costs``), or for one more verified row costing ``--row-cost`` of a one-token step.
 Tune on prompts that are not your benchmark's.
 """
 
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=Path, required=True, help="tuning prompts, jsonl (MT-Bench format)")
     parser.add_argument("--limit", type=int, default=40)
     parser.add_argument("--row-cost", type=float, default=0.074)
-    parser.add_argument("--step-costs", type=Path, help="scripts/row_cost.py's JSON (overrides --row-cost)")
+    parser.add_argument("--step-costs", type=Path, help="hydra-export step-costs' JSON (overrides --row-cost)")
     parser.add_argument("--chains", default="8,16", help="comma-separated chain lengths C")
     args = parser.parse_args()
     costs = StepCosts.from_file(args.step_costs) if args.step_costs else StepCosts.linear(args.row_cost)

@@ -111,23 +111,23 @@ def test_step_costs_past_the_measured_rows_grow_by_the_row_cost(tmp_path):
 def test_step_costs_files_that_are_not_row_costs_output_are_refused(tmp_path, text):
     path = tmp_path / "costs.json"
     path.write_text(text)
-    with pytest.raises(HydraExportError, match="row_cost.py"):
+    with pytest.raises(HydraExportError, match="hydra-export step-costs"):
         StepCosts.from_file(path)
 
 
-def test_row_cost_scripts_output_is_what_tree_search_reads(artifacts, tmp_path, capsys, monkeypatch):
-    import runpy
-    import sys
-    from pathlib import Path
+def test_step_costs_commands_output_is_what_tree_search_reads(artifacts, tmp_path):
+    from conftest import invoke
 
     from hydra_runtime.generator import Generator
 
     artifact = artifacts("llama", "hydra")
-    script = Path(__file__).resolve().parents[1] / "scripts" / "row_cost.py"
-    monkeypatch.setattr(sys, "argv", [str(script), str(artifact), "--context", "8", "--calls", "1"])
-    runpy.run_path(str(script), run_name="__main__")
     path = tmp_path / "step_costs.json"
-    path.write_text(capsys.readouterr().out)
+    result = invoke("step-costs", artifact, "--context", 8, "--calls", 1, "-o", path)
+    assert result.exit_code == 0, result.output
     costs = StepCosts.from_file(path)
+    assert json.loads(result.stdout)["step_costs"] == list(costs.measured)
     with Generator.load(artifact) as generator:
         assert len(costs.measured) == generator.tree.num_verified  # every row count, 1 .. N + C
+        too_long = generator.manifest.max_seq_len
+    result = invoke("step-costs", artifact, "--context", too_long)
+    assert result.exit_code == 1 and "--context" in result.output and "must fit" in result.output

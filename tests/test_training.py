@@ -196,7 +196,7 @@ def test_train_tree_search_and_curves_commands(tmp_path, model_dirs):
     result = runner.invoke(app, [*search, "--nodes", "x"])
     assert result.exit_code == 1 and "comma-separated integers" in result.output
 
-    costs = tmp_path / "step_costs.json"  # scripts/row_cost.py's output, trimmed
+    costs = tmp_path / "step_costs.json"  # hydra-export step-costs' output, trimmed
     costs.write_text(json.dumps({"step_costs": [1.0, 1.1, 1.2, 1.3, 1.4, 2.5, 2.6, 2.7], "row_cost": 0.1}))
     result = runner.invoke(app, [*search, "--step-costs", str(costs)], env={"HYDRA_EXPORT_CACHE": str(tmp_path)})
     assert result.exit_code == 0, result.output
@@ -208,7 +208,7 @@ def test_train_tree_search_and_curves_commands(tmp_path, model_dirs):
     assert result.exit_code == 1 and "not both" in result.output
     costs.write_text('{"milliseconds_per_call": {}}')
     result = runner.invoke(app, [*search, "--step-costs", str(costs)])
-    assert result.exit_code == 1 and "scripts/row_cost.py" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 1 and "hydra-export step-costs" in result.output and "Traceback" not in result.output
 
 
 def test_long_prompts_lose_their_beginning_not_the_template(model_dirs):

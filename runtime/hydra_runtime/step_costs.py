@@ -3,8 +3,8 @@
 On a GPU a step of 20 rows costs about what a one-token step does; on a CPU every row is
 compute, and not linearly: on 2 Zen 5 cores (ONNX Runtime's fp32 GEMMs) the default artifact's
 step costs 1.3-1.4x a one-token step at 4 rows, 1.5-1.7x at 10 and 1.8-2.1x at 13, then little
-more until 16 (two runs, BENCHMARKS.md N). ``StepCosts`` holds such a measured curve (``scripts/row_cost.py``
-writes it) or a straight line (``linear``), and is what the decode simulator's modelled speedup
+more until 16 (two runs, BENCHMARKS.md N). ``StepCosts`` holds such a measured curve (``hydra-export step-costs``
+writes it: step_cost_probe) or a straight line (``linear``), and is what the decode simulator's modelled speedup
 and ``tree-search`` divide by.
 """
 
@@ -32,17 +32,17 @@ class StepCosts:
 
     @classmethod
     def from_file(cls, path: Path) -> StepCosts:
-        """The ``step_costs`` and ``row_cost`` of ``scripts/row_cost.py``'s JSON output."""
+        """The ``step_costs`` and ``row_cost`` of ``hydra-export step-costs``'s JSON output."""
         try:
             data = json.loads(Path(path).read_text())
             measured = tuple(float(cost) for cost in data["step_costs"])
             row_cost = float(data["row_cost"])
         except (OSError, ValueError, TypeError, KeyError) as error:
-            raise HydraExportError(f"{path} is not step costs written by scripts/row_cost.py ({error!r}); "
-                                    "run `python3 scripts/row_cost.py ARTIFACT > FILE` to measure them") from None
+            raise HydraExportError(f"{path} is not step costs written by `hydra-export step-costs` ({error!r}); "
+                                    "run `hydra-export step-costs ARTIFACT -o FILE` to measure them") from None
         if not measured or measured[0] != 1.0 or not all(cost >= 1.0 for cost in measured) or not row_cost >= 0:
             raise HydraExportError(f"{path}: step costs must start at 1.0 (a one-row step), never fall below it, "
-                                    "and the row cost must be >= 0; measure them again with scripts/row_cost.py")
+                                    "and the row cost must be >= 0; measure them again with `hydra-export step-costs`")
         return cls(measured, row_cost)
 
     def of(self, rows: int) -> float:
