@@ -83,15 +83,14 @@ def check_output_file(path: Path, option: str) -> None:
 
 def write_output_file(path: Path, write: Callable[[Path], None]) -> None:
     """``write(temporary)`` a file beside ``path`` (same suffix, so writers that go by it still do),
-    then rename it over ``path``: a reader never sees half a file, an error leaves ``path`` as it was."""
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.partial-", suffix=path.suffix)
-    os.close(handle)
-    temporary = Path(name)
+    then rename it over ``path``: a reader never sees half a file, an error leaves ``path`` as it was.
+    The temporary name is fixed, so what a killed process left is overwritten by the next write."""
+    temporary = path.with_name(f".{path.name}.partial{path.suffix}")
     try:
         write(temporary)
         umask = os.umask(0)
         os.umask(umask)
-        temporary.chmod(0o666 & ~umask)  # mkstemp (and safetensors) make 0600 files; outputs are shared as usual
+        temporary.chmod(0o666 & ~umask)  # safetensors makes 0600 files; outputs are shared as usual
         temporary.replace(path)
     except BaseException:
         temporary.unlink(missing_ok=True)

@@ -340,7 +340,8 @@ def simulate(
     max_new_tokens: Annotated[int, typer.Option(min=8, help="Answer length per prompt.")] = 256,
     step_costs: Annotated[Optional[Path], typer.Option(
         help="Also model the speedup over autoregressive decoding for these step costs (the JSON "
-        "`hydra-export step-costs ARTIFACT -o FILE` writes on the target machine).", exists=True, dir_okay=False)] = None,
+        "`hydra-export step-costs ARTIFACT -o FILE` writes on the target machine).",
+        exists=True, dir_okay=False)] = None,
 ):
     """Predict an artifact's mean accepted length on prompts without running it (decode simulator:
     greedy answers of the PyTorch base model, replayed through the artifact's heads and tree); prints JSON."""

@@ -101,13 +101,14 @@ def test_step_costs_past_the_measured_rows_grow_by_the_row_cost(tmp_path):
     assert [costs.of(rows) for rows in (1, 2, 3, 4, 6)] == pytest.approx([1.0, 1.2, 1.3, 1.4, 1.6])
     assert StepCosts().free and not costs.free and not StepCosts.linear(0.01).free
     path = tmp_path / "costs.json"
-    path.write_text(json.dumps({"milliseconds_per_call": {"1+0": 20.0}, "step_costs": [1.0, 1.2, 1.3], "row_cost": 0.1}))
+    path.write_text(json.dumps({"milliseconds_per_call": {"1+0": 20.0}, "step_costs": [1.0, 1.2, 1.3],
+                                "row_cost": 0.1}))
     assert StepCosts.from_file(path) == costs
 
 
 @pytest.mark.parametrize("text", ["not json", "{}", '{"step_costs": [], "row_cost": 0.1}',
-                                  '{"step_costs": [1.0, 0.5], "row_cost": 0.1}', '{"step_costs": [1.0], "row_cost": -1}',
-                                  '{"step_costs": "1.0", "row_cost": 0.1}'])
+                                  '{"step_costs": [1.0, 0.5], "row_cost": 0.1}',
+                                  '{"step_costs": [1.0], "row_cost": -1}', '{"step_costs": "1.0", "row_cost": 0.1}'])
 def test_step_costs_files_that_are_not_row_costs_output_are_refused(tmp_path, text):
     path = tmp_path / "costs.json"
     path.write_text(text)

@@ -338,6 +338,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_partial_one(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         write_output_file(report, fails_halfway)
     assert report.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["report.json"]
+    (tmp_path / ".report.json.partial.json").write_text("left by a killed writer")
     write_output_file(report, lambda path: path.write_text("new"))
     assert report.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["report.json"]
     umask = os.umask(0)

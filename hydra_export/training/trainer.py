@@ -81,7 +81,8 @@ class Trainer:
         # Heads trained on a vocabulary subset also draft from it (see HeadsConfig.draft_vocab_size).
         config = dataclasses.replace(config, draft_vocab_size=recipe.vocab_subset)
         self.heads: DraftHeads = build_heads(config, self.base.config)
-        if recipe.init_heads and not data_only:  # continue from trained heads (e.g. the shipped ones) on this recipe's data
+        # Continue from trained heads (e.g. the shipped ones) on this recipe's data.
+        if recipe.init_heads and not data_only:
             self._load_head_weights(Path(recipe.init_heads), f"init_heads {recipe.init_heads}",
                                     "point init_heads at heads of this recipe's kind and shape")
         self.cache_dir = recipe.cache_path

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .backends.decode_backend import DecodeBackend
+from .decode_loop import NO_COPY
 from .engine import COPY_TOKENS, INPUT_IDS, TREE_TOKENS
 from .errors import GenerationInputError
 from .sampling import greedy_feeds
@@ -39,7 +40,7 @@ def measure_step_costs(backend: DecodeBackend, tree: TreeBuffers, vocab_size: in
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, vocab_size, context).astype(np.int64)
     backend.reset()
-    backend.run({INPUT_IDS: prompt[:-1], TREE_TOKENS: prompt[-1:], COPY_TOKENS: np.zeros(0, np.int64), **feeds})
+    backend.run({INPUT_IDS: prompt[:-1], TREE_TOKENS: prompt[-1:], COPY_TOKENS: NO_COPY, **feeds})
     backend.commit(context)
 
     shapes = [(min(r, tree.num_nodes), r - min(r, tree.num_nodes)) for r in range(1, tree.num_verified + 1)]
