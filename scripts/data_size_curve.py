@@ -30,7 +30,8 @@ def read_points(path: Path) -> list[dict]:
     for number, point in enumerate(points):
         missing = [key for key in REQUIRED if key not in point]
         if missing:
-            raise SystemExit(f"{path}: point {number} lacks {', '.join(missing)}")
+            raise SystemExit(f"{path}: point {number} lacks {', '.join(missing)}; every point needs "
+                             f"{', '.join(REQUIRED)} (see this script's docstring)")
     return points
 
 
@@ -52,7 +53,7 @@ def plot(points: list[dict], out: Path) -> None:
     for point in points:
         lines.setdefault((point["heads"], point["series"]), []).append(point)
     colours = {heads: f"C{i}" for i, heads in enumerate(dict.fromkeys(p["heads"] for p in points))}
-    styles = {series: style for series, style in zip(dict.fromkeys(p["series"] for p in points), ("-o", "--s", ":^"))}
+    styles = {series: ("-o", "--s", ":^", "-.d")[i % 4] for i, series in enumerate(dict.fromkeys(p["series"] for p in points))}
     figure, axes = plt.subplots(figsize=(8.5, 4.5))
     for (heads, series), line in lines.items():
         line = sorted(line, key=lambda p: p["answer_tokens"])
