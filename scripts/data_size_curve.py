@@ -39,7 +39,8 @@ def markdown(points: list[dict]) -> str:
     lines = ["| heads | series | answer tokens | `mc_sim_7b_63`, heads alone | source |",
              "| --- | --- | ---: | ---: | --- |"]
     for p in points:
-        lines.append(f"| {p['heads']} | {p['series']} | {p['answer_tokens']:,} | {p['mc_sim_7b_63']:.4f} | {p['source']} |")
+        cells = (p["heads"], p["series"], f"{p['answer_tokens']:,}", f"{p['mc_sim_7b_63']:.4f}", p["source"])
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -53,7 +54,8 @@ def plot(points: list[dict], out: Path) -> None:
     for point in points:
         lines.setdefault((point["heads"], point["series"]), []).append(point)
     colours = {heads: f"C{i}" for i, heads in enumerate(dict.fromkeys(p["heads"] for p in points))}
-    styles = {series: ("-o", "--s", ":^", "-.d")[i % 4] for i, series in enumerate(dict.fromkeys(p["series"] for p in points))}
+    series_names = dict.fromkeys(p["series"] for p in points)
+    styles = {series: ("-o", "--s", ":^", "-.d")[i % 4] for i, series in enumerate(series_names)}
     figure, axes = plt.subplots(figsize=(8.5, 4.5))
     for (heads, series), line in lines.items():
         line = sorted(line, key=lambda p: p["answer_tokens"])
