@@ -134,6 +134,13 @@ def test_a_later_stages_data_is_made_before_its_init_heads_exist(tmp_path, tiny_
     assert len(cache) > 0 and not Path(stage_two.output_dir).exists()
 
 
+def test_a_later_stage_trains_only_on_the_answers_after_first_example(tmp_path, tiny_base):
+    whole = Trainer(recipe_for(tmp_path, "hydra"), base=tiny_base).prepare_data()
+    later = Trainer(recipe_for(tmp_path, "hydra", first_example=7), base=tiny_base).prepare_data()
+    assert later[2] == whole[2]  # the same held-out split: the same cache, the same order
+    assert later[1] == [i for i in whole[1] if i >= 7] and later[1]  # in the same order, the earlier ones dropped
+
+
 def test_recipe_errors(tmp_path):
     path = tmp_path / "r.json"
     path.write_text(json.dumps({"kind": "hydra", "output_dir": "x", "lerning_rate": 1}))
@@ -143,6 +150,9 @@ def test_recipe_errors(tmp_path):
         TrainRecipe.from_file(tmp_path / "missing.json")
     path.write_text(json.dumps({"kind": "hydra", "output_dir": "x", "data": []}))
     with pytest.raises(HydraExportError, match="'data' must be a file path or a non-empty list"):
+        TrainRecipe.from_file(path)
+    path.write_text(json.dumps({"kind": "hydra", "output_dir": "x", "num_examples": 10, "first_example": 10}))
+    with pytest.raises(HydraExportError, match=r"'first_example' must be an integer in \[0, num_examples = 10\)"):
         TrainRecipe.from_file(path)
 
 

@@ -21,6 +21,9 @@ class TrainRecipe:
     # jsonl; responses from the base model itself (self-distillation) or the records' own outputs (corpus).
     data: str | list[str] = "data/alpaca_5000.json"
     num_examples: int = 1000
+    # Train on the sequences from this index on: the earlier ones stay in the data (shared cache, same
+    # held-out split and draft vocabulary) but an earlier stage already trained on them.
+    first_example: int = 0
     responses: str = "self-distill"  # "self-distill" | "corpus"
     corpus_examples: int = 0  # extra records after those, trained on their own (corpus) outputs
     max_new_tokens: int = 128  # self-distillation response length
@@ -69,6 +72,10 @@ class TrainRecipe:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise HydraExportError(f"recipe key {name!r} must be an integer >= {low}, got {value!r}")
+        if isinstance(self.first_example, bool) or not isinstance(self.first_example, int) \
+                or not 0 <= self.first_example < self.num_examples:
+            raise HydraExportError(f"recipe key 'first_example' must be an integer in [0, num_examples = "
+                                   f"{self.num_examples}), got {self.first_example!r}")
         if self.num_layers is not None and (not isinstance(self.num_layers, int) or self.num_layers < 1):
             raise HydraExportError(f"recipe key 'num_layers' must be a positive integer or null, got {self.num_layers!r}")
         for name, low, high in (("learning_rate", 0.0, 1.0), ("warmup_fraction", 0.0, 1.0), ("weight_decay", 0.0, 1.0),

@@ -112,7 +112,8 @@ class Trainer:
         cache = HiddenStateCache.build(self.base, sequences, self.cache_dir, advance_hidden)
         order = np.random.default_rng(self.recipe.seed).permutation(len(cache)).tolist()
         held_out = max(1, int(len(order) * self.recipe.held_out_fraction))
-        return cache, order[held_out:], order[:held_out], sequences
+        train_ids = [i for i in order[held_out:] if i >= self.recipe.first_example]
+        return cache, train_ids, order[:held_out], sequences
 
     def batch_loss(self, cache: HiddenStateCache, indices: list[int], vocab, vocab_index) -> tuple[torch.Tensor, int]:
         hidden, tokens, lengths, prompt_lengths = cache.batch(indices)
