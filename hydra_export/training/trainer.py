@@ -113,6 +113,10 @@ class Trainer:
         order = np.random.default_rng(self.recipe.seed).permutation(len(cache)).tolist()
         held_out = max(1, int(len(order) * self.recipe.held_out_fraction))
         train_ids = [i for i in order[held_out:] if i >= self.recipe.first_example]
+        if not train_ids:
+            raise HydraExportError(
+                f"the recipe leaves no sequences to train on: all {len(cache) - self.recipe.first_example} from "
+                f"first_example = {self.recipe.first_example} on are held out; lower first_example or held_out_fraction")
         return cache, train_ids, order[:held_out], sequences
 
     def batch_loss(self, cache: HiddenStateCache, indices: list[int], vocab, vocab_index) -> tuple[torch.Tensor, int]:
