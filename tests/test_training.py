@@ -141,9 +141,9 @@ def test_a_later_stage_trains_only_on_the_answers_after_first_example(tmp_path, 
     assert later[1] == [i for i in whole[1] if i >= 7] and later[1]  # in the same order, the earlier ones dropped
     (only,) = Trainer(recipe_for(tmp_path, "hydra", held_out_fraction=0.95), base=tiny_base).prepare_data()[1]
     assert only < 11  # so that a first_example past it leaves only held-out answers
+    later_only = recipe_for(tmp_path, "hydra", held_out_fraction=0.95, first_example=only + 1)
     with pytest.raises(HydraExportError, match=f"no sequences to train on: all {11 - only} from first_example = "
                                                f"{only + 1} on are held out"):
-        later_only = recipe_for(tmp_path, "hydra", held_out_fraction=0.95, first_example=only + 1)
         Trainer(later_only, base=tiny_base).prepare_data()
 
 

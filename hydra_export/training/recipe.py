@@ -66,14 +66,13 @@ class TrainRecipe:
         return recipe
 
     def validate(self) -> None:
-        for name, low in (("num_heads", 1), ("num_examples", 1), ("corpus_examples", 0), ("max_new_tokens", 1),
-                          ("max_seq_len", 2), ("generation_batch_size", 1), ("vocab_subset", 0), ("epochs", 1),
-                          ("batch_size", 1), ("eval_every", 1), ("checkpoint_every", 1), ("seed", 0)):
+        for name, low in (("num_heads", 1), ("num_examples", 1), ("first_example", 0), ("corpus_examples", 0),
+                          ("max_new_tokens", 1), ("max_seq_len", 2), ("generation_batch_size", 1), ("vocab_subset", 0),
+                          ("epochs", 1), ("batch_size", 1), ("eval_every", 1), ("checkpoint_every", 1), ("seed", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise HydraExportError(f"recipe key {name!r} must be an integer >= {low}, got {value!r}")
-        if isinstance(self.first_example, bool) or not isinstance(self.first_example, int) \
-                or not 0 <= self.first_example < self.num_examples:
+        if self.first_example >= self.num_examples:
             raise HydraExportError(f"recipe key 'first_example' must be an integer in [0, num_examples = "
                                    f"{self.num_examples}), got {self.first_example!r}")
         if self.num_layers is not None and (not isinstance(self.num_layers, int) or self.num_layers < 1):
