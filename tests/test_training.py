@@ -137,8 +137,15 @@ def test_a_later_stages_data_is_made_before_its_init_heads_exist(tmp_path, tiny_
 def test_a_later_stage_trains_only_on_the_answers_after_first_example(tmp_path, tiny_base):
     whole = Trainer(recipe_for(tmp_path, "hydra"), base=tiny_base).prepare_data()
     later = Trainer(recipe_for(tmp_path, "hydra", first_example=7), base=tiny_base).prepare_data()
-    assert later[2] == whole[2]  # the same held-out split: the same cache, the same order
+    # The same split (the same cache, the same order); held-out answers before first_example are not
+    # scored, since an earlier stage may have trained on them.
+    assert later[2] == [i for i in whole[2] if i >= 7] and 0 < len(later[2]) < len(whole[2])
     assert later[1] == [i for i in whole[1] if i >= 7] and later[1]  # in the same order, the earlier ones dropped
+    past_held_out = max(whole[2]) + 1
+    assert any(i >= past_held_out for i in whole[1])  # so that only the scoring is left without answers
+    with pytest.raises(HydraExportError, match=f"none of the {len(whole[2])} held-out answers is at or after "
+                                               f"first_example = {past_held_out}.*raise held_out_fraction"):
+        Trainer(recipe_for(tmp_path, "hydra", first_example=past_held_out), base=tiny_base).prepare_data()
     (only,) = Trainer(recipe_for(tmp_path, "hydra", held_out_fraction=0.95), base=tiny_base).prepare_data()[1]
     assert only < 11  # so that a first_example past it leaves only held-out answers
     later_only = recipe_for(tmp_path, "hydra", held_out_fraction=0.95, first_example=only + 1)

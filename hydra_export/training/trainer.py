@@ -112,12 +112,20 @@ class Trainer:
         cache = HiddenStateCache.build(self.base, sequences, self.cache_dir, advance_hidden)
         order = np.random.default_rng(self.recipe.seed).permutation(len(cache)).tolist()
         held_out = max(1, int(len(order) * self.recipe.held_out_fraction))
-        train_ids = [i for i in order[held_out:] if i >= self.recipe.first_example]
+        first = self.recipe.first_example
+        train_ids = [i for i in order[held_out:] if i >= first]
         if not train_ids:
             raise HydraExportError(
-                f"the recipe leaves no sequences to train on: all {len(cache) - self.recipe.first_example} from "
-                f"first_example = {self.recipe.first_example} on are held out; lower first_example or held_out_fraction")
-        return cache, train_ids, order[:held_out], sequences
+                f"the recipe leaves no sequences to train on: all {len(cache) - first} from "
+                f"first_example = {first} on are held out; lower first_example or held_out_fraction")
+        # The split is drawn over the whole cache, so it moves as the cache grows: held-out answers before
+        # first_example may be ones an earlier stage (init_heads) trained on. Only the later ones are scored.
+        scored = [i for i in order[:held_out] if i >= first]
+        if not scored:
+            raise HydraExportError(
+                f"none of the {held_out} held-out answers is at or after first_example = {first}, so nothing "
+                "the init_heads never trained on is left to score; raise held_out_fraction")
+        return cache, train_ids, scored, sequences
 
     def batch_loss(self, cache: HiddenStateCache, indices: list[int], vocab, vocab_index) -> tuple[torch.Tensor, int]:
         hidden, tokens, lengths, prompt_lengths = cache.batch(indices)
